@@ -1,0 +1,284 @@
+"""MAC counts (fvcore) and the differentiable GMACs loss of eq. 4.7 / 4.8.
+
+fvcore counts one multiply-add as one "flop", i.e. MACs. It ignores pooling, so the
+handles below add DynOPool's own work (its bilinear sampling runs as ``aten::lerp``, its
+aggregation as a 2x2 pool) and, for a like-for-like comparison, the human models' pooling:
+a comparison or an addition counts as one MAC.
+
+The loss is analytic: :class:`GMACsCost` records once, at the model's initial state, every
+layer's MACs and which resizer sets its spatial size, then prices the current sizes from the
+straight-through sizes of the DynOPools (:func:`~dynopool_nas.ops.ste_output_size`) without
+running or tracing the model again.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
+from torch import Tensor, nn
+
+from .layer import DynOPool2d
+
+__all__ = ["GMACsCost", "MACsReport", "count_macs", "flop_analysis"]
+
+
+def _pool_handle(per_window_offset: int) -> Callable[[list[Any], list[Any]], int]:
+    """fvcore handle for ``aten::{max,avg}_pool2d``: (kernel area + offset) ops per output."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> int:
+        kernel = inputs[1].toIValue()
+        kernel = list(kernel) * (2 // len(kernel)) if kernel else [1, 1]
+        return math.prod(get_shape(outputs[0])) * (kernel[0] * kernel[1] + per_window_offset)
+
+    return handle
+
+
+OP_HANDLES: dict[str, Callable[[list[Any], list[Any]], Any]] = {
+    "aten::lerp": elementwise_flop_counter(0, 1),
+    "aten::max_pool2d": _pool_handle(-1),
+    "aten::avg_pool2d": _pool_handle(0),
+    "aten::adaptive_max_pool2d": elementwise_flop_counter(1, 0),
+}
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _example(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> Tensor:
+    if isinstance(input_size, Tensor):
+        return input_size
+    if len(input_size) != 3:
+        raise ValueError(f"input_size must be (channels, height, width), got {input_size!r}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else None
+    return torch.zeros(1, *input_size, device=device)
+
+
+def flop_analysis(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> FlopCountAnalysis:
+    """fvcore's ``FlopCountAnalysis`` with DynOPool's and pooling's op handles, quiet."""
+    analysis = FlopCountAnalysis(model, _example(model, input_size))
+    analysis.set_op_handle(**OP_HANDLES)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return analysis
+
+
+def _own_macs(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> tuple[dict[str, int], int]:
+    """MACs per module that its own forward performs (children excluded), and the total."""
+    with _eval_mode(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = flop_analysis(model, input_size)
+        by_module = analysis.by_module()
+        total = analysis.total()
+    own: dict[str, int] = {}
+    for name, module in model.named_modules():
+        children = sum(by_module.get(f"{name}.{c}" if name else c, 0) for c, _ in module.named_children())
+        own[name] = by_module.get(name, 0) - children
+    return own, total
+
+
+@dataclass(frozen=True)
+class MACsReport:
+    """MAC counts of a model at one input size (thesis Table 5.5).
+
+    Attributes:
+        total: MACs of one image.
+        dynopool: MACs spent inside DynOPool2d layers.
+        layers: one row per module with its own MACs (columns ``name``, ``type``, ``macs``).
+    """
+
+    total: int
+    dynopool: int
+    layers: pd.DataFrame
+
+    @property
+    def gmacs(self) -> float:
+        return self.total / 1e9
+
+    @property
+    def dynopool_share(self) -> float:
+        """DynOPool's fraction of the total MACs."""
+        return self.dynopool / self.total if self.total else 0.0
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> MACsReport:
+    """Count a model's MACs for one image with fvcore, DynOPool's sampling and max included."""
+    own, total = _own_macs(model, input_size)
+    modules = dict(model.named_modules())
+    rows = [(name, type(modules[name]).__name__, macs) for name, macs in own.items() if macs]
+    layers = pd.DataFrame(rows, columns=["name", "type", "macs"])
+    dynopool = int(layers.loc[layers["type"] == DynOPool2d.__name__, "macs"].sum())
+    return MACsReport(total=int(total), dynopool=dynopool, layers=layers)
+
+
+def _spatial(tensors: Any) -> tuple[int, int] | None:
+    """Spatial size of the first 4-D tensor in a forward's arguments or outputs."""
+    if isinstance(tensors, Tensor):
+        return (int(tensors.shape[-2]), int(tensors.shape[-1])) if tensors.dim() == 4 else None
+    if isinstance(tensors, (list, tuple)):
+        for item in tensors:
+            found = _spatial(item)
+            if found is not None:
+                return found
+    return None
+
+
+_FIXED_SIZE_OUTPUT = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass
+class _Source:
+    """Something that sets a spatial size: the input or an adaptive pool (``parent < 0``,
+    constant), a DynOPool call, or a fixed-ratio resizer such as an unconverted strided conv."""
+
+    size0: tuple[int, int]
+    parent: int = -1
+    pool: DynOPool2d | None = None
+    ratio: tuple[float, float] = (1.0, 1.0)
+
+
+class _Probe:
+    """Runs one forward pass and records, in call order, every size source and every layer's
+    governing source: the latest source whose output size equals the layer's input size."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int]) -> None:
+        self.model = model
+        self.sources = [_Source(size0=input_size)]
+        self.calls: dict[str, list[int]] = {}
+        self._entry: dict[int, list[int]] = {}
+        self._names = {id(m): n for n, m in model.named_modules()}
+
+    def _governing(self, size: tuple[int, int] | None) -> int:
+        if size is None:
+            return -1
+        for index in range(len(self.sources) - 1, -1, -1):
+            if self.sources[index].size0 == size:
+                return index
+        return -1
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        self._entry.setdefault(id(module), []).append(self._governing(_spatial(args)))
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        parent = self._entry[id(module)][-1]
+        in_size, out_size = _spatial(args), _spatial(output)
+        name = self._names[id(module)]
+        if isinstance(module, DynOPool2d):
+            self.sources.append(_Source(size0=out_size, parent=parent, pool=module))
+            self._entry[id(module)][-1] = len(self.sources) - 1
+        elif isinstance(module, _FIXED_SIZE_OUTPUT) and out_size:
+            self.sources.append(_Source(size0=out_size))
+        elif in_size and out_size and in_size != out_size and not any(True for _ in module.children()):
+            ratio = (out_size[0] / in_size[0], out_size[1] / in_size[1])
+            self.sources.append(_Source(size0=out_size, parent=parent, ratio=ratio))
+        self.calls[name] = self._entry[id(module)]
+
+    def run(self, example: Tensor) -> None:
+        handles = []
+        for module in self.model.modules():
+            handles.append(module.register_forward_pre_hook(self._pre))
+            handles.append(module.register_forward_hook(self._post))
+        try:
+            with _eval_mode(self.model):
+                self.model(example)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class GMACsCost:
+    """Differentiable model complexity ``L_GMACs`` (eq. 4.7) at a reference input size.
+
+    ``L_GMACs = sum_l (H^t_l W^t_l) / (H^0_l W^0_l) * GMACs[l]``, where ``GMACs[l]`` is
+    layer ``l``'s fvcore count at construction and ``H^t_l, W^t_l`` its current spatial size
+    (its input's; a DynOPool's own output), built from the DynOPools' straight-through sizes so
+    that every upstream ``alpha`` gets a gradient. Calling the object costs a few scalar
+    operations per DynOPool: no forward pass and no re-tracing.
+
+    Build it with :meth:`from_model` while the model is at its initial state. Add
+    ``lam * cost()`` to the task loss for eq. 4.8.
+    """
+
+    def __init__(self, sources: list[_Source], coefficients: list[float], constant: float) -> None:
+        self.sources = sources
+        self.coefficients = coefficients
+        self.constant = constant
+        self.initial_gmacs = sum(c * s.size0[0] * s.size0[1] for c, s in zip(coefficients, sources)) + constant
+
+    @classmethod
+    def from_model(cls, model: nn.Module, input_size: tuple[int, int, int]) -> GMACsCost:
+        """Record per-layer MACs (fvcore) and size dependencies for images of ``input_size``
+        (channels, height, width)."""
+        example = _example(model, input_size)
+        own, _ = _own_macs(model, example)
+        probe = _Probe(model, tuple(example.shape[-2:]))
+        probe.run(example)
+        coefficients = [0.0] * len(probe.sources)
+        constant = 0.0
+        for name, macs in own.items():
+            if not macs:
+                continue
+            calls = probe.calls.get(name, [-1])
+            for source in calls:
+                share = macs / len(calls) / 1e9
+                if source < 0:
+                    constant += share
+                else:
+                    height, width = probe.sources[source].size0
+                    coefficients[source] += share / (height * width)
+        if not any(s.pool is not None for s in probe.sources):
+            warnings.warn("GMACsCost: the model has no DynOPool2d; the cost is a constant", stacklevel=2)
+        return cls(probe.sources, coefficients, constant)
+
+    def sizes(self) -> list[Tensor]:
+        """Straight-through spatial size (2,) of every size source, input first."""
+        pools = [s.pool for s in self.sources if s.pool is not None]
+        reference = pools[0].alpha if pools else torch.zeros(())
+        sizes: list[Tensor] = []
+        for source in self.sources:
+            if source.parent < 0:
+                sizes.append(reference.new_tensor(source.size0, dtype=torch.float32))
+            elif source.pool is not None:
+                sizes.append(source.pool.output_size_for(sizes[source.parent]))
+            else:
+                sizes.append(sizes[source.parent] * sizes[source.parent].new_tensor(source.ratio))
+        return sizes
+
+    def __call__(self) -> Tensor:
+        """Current GMACs of one image, differentiable w.r.t. every DynOPool's alpha."""
+        sizes = self.sizes()
+        terms = [c * size[0] * size[1] for c, size in zip(self.coefficients, sizes) if c]
+        if not terms:
+            return sizes[0].new_tensor(self.constant)
+        return torch.stack(terms).sum() + self.constant
+
+    def feature_map_sizes(self) -> dict[str, tuple[int, int]]:
+        """Every DynOPool's current output size at the reference input, by layer name."""
+        out: dict[str, tuple[int, int]] = {}
+        for source, size in zip(self.sources, self.sizes()):
+            if source.pool is not None:
+                h, w = size.detach().tolist()
+                out.setdefault(source.pool.name, (int(round(h)), int(round(w))))
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain numbers for logs and metrics: current GMACs and every DynOPool's size."""
+        with torch.no_grad():
+            return {"gmacs": float(self()), "sizes": self.feature_map_sizes()}
