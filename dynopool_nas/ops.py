@@ -42,12 +42,14 @@ def query_coordinates(in_size: int, out_size: int, size: Tensor) -> Tensor:
     """Input pixel coordinates ``u_k`` of the ``2*out_size`` query rows of one axis (eq. 4.2).
 
     ``size`` is the (straight-through or continuous) output size; the coordinates carry its
-    gradient. They are clamped to the input, as ``grid_sample(padding_mode='border')`` does.
+    gradient. They are clamped to the input as ``grid_sample(padding_mode='border')`` does,
+    which also counts a point exactly on the border as clamped (no gradient).
     """
     dtype = torch.float64 if size.dtype == torch.float64 else torch.float32
     k = torch.arange(2 * out_size, device=size.device, dtype=dtype)
     u = (k + 0.5) * (in_size / (2.0 * size.to(dtype))) - 0.5
-    return u.clamp(0.0, in_size - 1)
+    inside = (u > 0) & (u < in_size - 1)
+    return torch.where(inside, u, u.detach().clamp(0.0, in_size - 1))
 
 
 def _resample_axis(x: Tensor, dim: int, coords: Tensor) -> Tensor:

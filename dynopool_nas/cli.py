@@ -1,0 +1,101 @@
+"""The ``dynopool-nas`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from .convert import dynopool_layers, dynopoolify
+from .cost import GMACsCost, count_macs
+from .data import DigitsDataset
+from .models import MODELS, create_model, small_cnn
+from .train import EpochResult, fit
+
+
+def _format_sizes(sizes: dict[str, tuple[int, int]]) -> str:
+    return "  ".join(f"{name}={h}x{w}" for name, (h, w) in sizes.items())
+
+
+def run_demo(
+    epochs: int = 15,
+    image_size: int = 32,
+    gmacs_lambda: float = 2.0,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[EpochResult]:
+    """Convert a small CNN with DynOPool and train it on the bundled digits (CPU, ~1 minute)."""
+    torch.manual_seed(seed)
+    train_set = DigitsDataset("train", image_size=image_size)
+    val_set = DigitsDataset("val", image_size=image_size)
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True)
+    val_loader = DataLoader(val_set, batch_size=256)
+    input_size = (DigitsDataset.in_chans, image_size, image_size)
+    human = small_cnn(num_classes=DigitsDataset.num_classes, in_chans=DigitsDataset.in_chans)
+    model = dynopoolify(human)
+    cost = GMACsCost.from_model(model, input_size)
+    print(f"DynOPool demo: small CNN on scikit-learn digits at {image_size}x{image_size}, "
+          f"{len(train_set)} train / {len(val_set)} val images, lambda={gmacs_lambda}")
+    print(f"human model: {count_macs(human, input_size).gmacs * 1e3:.3f} MMACs, "
+          f"pool sizes {_format_sizes(cost.feature_map_sizes())}")
+
+    def report(result: EpochResult) -> None:
+        print(f"epoch {result.epoch:2d}  loss {result.train_loss:.3f}  val top-1 {result.val_accuracy:6.2%}  "
+              f"{result.gmacs * 1e3:.3f} MMACs  {_format_sizes(result.sizes)}")
+
+    history = fit(model, train_loader, val_loader, cost, epochs=epochs, gmacs_lambda=gmacs_lambda,
+                  progress=progress, on_epoch=report)
+    final = count_macs(model, input_size)
+    print(f"final: val top-1 {history[-1].val_accuracy:.2%}, {final.gmacs * 1e3:.3f} MMACs (fvcore; DynOPool "
+          f"{final.dynopool_share:.1%} of it)")
+    for name, layer in dynopool_layers(model):
+        r_h, r_w = layer.scale
+        print(f"  {name}: scale ({r_h:.3f}, {r_w:.3f}) -> feature map {history[-1].sizes[name]}")
+    return history
+
+
+def _macs(args: argparse.Namespace) -> None:
+    human = create_model(args.model, num_classes=args.num_classes)
+    input_size = (3, args.image_size, args.image_size)
+    converted = dynopoolify(human)
+    for label, model in (("human", human), ("DynOPool", converted)):
+        report = count_macs(model, input_size)
+        print(f"{args.model} {label:8s} {report.gmacs:8.4f} GMACs  DynOPool share {report.dynopool_share:.4%}")
+    print("feature maps:", _format_sizes(GMACsCost.from_model(converted, input_size).feature_map_sizes()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynopool-nas", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="train a DynOPool CNN on the bundled digits and report")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--image-size", type=int, default=32)
+    demo.add_argument("--gmacs-lambda", type=float, default=2.0, help="lambda of eq. 4.8 (loss per GMAC)")
+    demo.add_argument("--batch-size", type=int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    macs = commands.add_parser("macs", help="MACs of a human model and its DynOPool version (fvcore)")
+    macs.add_argument("model", choices=sorted(MODELS))
+    macs.add_argument("--image-size", type=int, default=224)
+    macs.add_argument("--num-classes", type=int, default=1000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    if args.command == "demo":
+        run_demo(args.epochs, args.image_size, args.gmacs_lambda, args.batch_size, args.seed, not args.no_progress)
+    elif args.command == "macs":
+        _macs(args)
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import reference_dynopool, reference_layer
+
+from dynopool_nas import DynOPool2d
+
+
+def _layer(alpha: tuple[float, float], dtype=torch.float64, **kwargs) -> DynOPool2d:
+    layer = DynOPool2d(**kwargs).to(dtype)
+    with torch.no_grad():
+        layer.alpha.copy_(torch.tensor(alpha, dtype=dtype))
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 1, 6, 10), (4, 5, 14, 4), (2, 16, 56, 56)])
+def test_half_scale_on_even_sizes_is_max_pool(shape):
+    x = torch.randn(shape)
+    assert torch.allclose(DynOPool2d(0.5)(x), F.max_pool2d(x, 2, 2), atol=1e-6, rtol=0)
+
+
+def test_half_scale_mean_is_avg_pool():
+    x = torch.randn(2, 3, 10, 6)
+    assert torch.allclose(DynOPool2d(0.5, aggregation="mean")(x), F.avg_pool2d(x, 2, 2), atol=1e-6)
+
+
+def _distance_to_kink(in_size: int, size: int) -> float:
+    """How close any query coordinate (eq. 4.2, in pixels) comes to a pixel centre, where
+    bilinear sampling has a kink and only one-sided derivatives exist."""
+    coords = [(k + 0.5) * in_size / (2 * size) - 0.5 for k in range(2 * size)]
+    inside = [u for u in coords if -0.5 < u < in_size - 0.5]
+    return min((abs(u - round(u)) for u in inside), default=1.0)
+
+
+def _random_cases(count: int, seed: int = 0):
+    """Random shapes and scales; a draw whose query points land on pixel centres (a kink of
+    the bilinear map, where float rounding picks the one-sided derivative) is drawn again."""
+    rng = random.Random(seed)
+    while count:
+        n, c = rng.choice([1, 2]), rng.choice([1, 3])
+        h, w = rng.randint(3, 21), rng.randint(3, 21)
+        r_h, r_w = rng.uniform(0.2, 3.0), rng.uniform(0.2, 3.0)
+        size_h, size_w = max(round(h * r_h), 2), max(round(w * r_w), 2)
+        if min(_distance_to_kink(h, size_h), _distance_to_kink(w, size_w)) < 1e-6:
+            continue
+        count -= 1
+        yield n, c, h, w, 1.0 / r_h, 1.0 / r_w, rng.choice(["max", "mean"])
+
+
+@pytest.mark.parametrize("case", list(_random_cases(24)))
+def test_values_and_gradients_match_float64_grid_sample_reference(case):
+    n, c, h, w, alpha_h, alpha_w, aggregation = case
+    torch.manual_seed(hash(case) % 2**31)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
+    layer = _layer((alpha_h, alpha_w), aggregation=aggregation)
+    out = layer(x)
+    ref_alpha = torch.tensor([alpha_h, alpha_w], dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = reference_layer(x_ref, ref_alpha, aggregation)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-12, rtol=0)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    assert torch.allclose(layer.alpha.grad, ref_alpha.grad, atol=1e-9, rtol=1e-9)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("in_size", "out_size"), [((13, 17), (7, 5)), ((20, 9), (7, 13)), ((11, 11), (4, 19)), ((30, 24), (12, 16))]
+)
+def test_alpha_gradient_matches_finite_differences_of_continuous_surrogate(in_size, out_size):
+    # At alpha = H_in / H_out the rounded size equals the continuous one, so the
+    # straight-through gradient is the continuous surrogate's derivative there.
+    assert min(_distance_to_kink(i, o) for i, o in zip(in_size, out_size)) > 1e-3
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *in_size, dtype=torch.float64)
+    weights = torch.randn(2, 3, *out_size, dtype=torch.float64)
+    alpha = [i / o for i, o in zip(in_size, out_size)]
+    layer = _layer(tuple(alpha))
+    (layer(x) * weights).sum().backward()
+
+    def surrogate(a_h: float, a_w: float) -> float:
+        size_h, size_w = (torch.tensor(i / a, dtype=torch.float64) for i, a in zip(in_size, (a_h, a_w)))
+        return float((reference_dynopool(x, size_h, size_w, *out_size) * weights).sum())
+
+    eps = 1e-6
+    fd_h = (surrogate(alpha[0] + eps, alpha[1]) - surrogate(alpha[0] - eps, alpha[1])) / (2 * eps)
+    fd_w = (surrogate(alpha[0], alpha[1] + eps) - surrogate(alpha[0], alpha[1] - eps)) / (2 * eps)
+    assert layer.alpha.grad.tolist() == pytest.approx([fd_h, fd_w], rel=1e-5, abs=1e-7)
+    assert abs(fd_h) > 1e-3 and abs(fd_w) > 1e-3
+
+
+def test_output_size_rounds_and_upsamples_non_square():
+    layer = DynOPool2d((0.43, 1.7))
+    out = layer(torch.randn(1, 2, 20, 10))
+    assert out.shape[-2:] == (round(20 * 0.43), round(10 * 1.7)) == layer.output_size
+    assert layer.input_size == (20, 10)
+    assert layer.size.tolist() == [9.0, 17.0] and layer.size.requires_grad
+    assert layer.scale == pytest.approx((0.43, 1.7))
+
+
+def test_min_size_bound_keeps_two_and_stops_the_gradient():
+    layer = DynOPool2d((0.1, 0.5))
+    out = layer(torch.randn(1, 1, 8, 8))
+    assert out.shape[-2:] == (2, 4)
+    out.sum().backward()
+    assert layer.alpha.grad[0] == 0 and layer.alpha.grad[1] != 0
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 4, 9, 9), (3, 1, 7, 12), (2, 1, 3, 3)], ids=["batch1-odd", "one-channel", "tiny"]
+)
+def test_odd_sizes_single_channel_and_batch_one(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    alpha = torch.tensor([1 / 0.37, 1 / 0.81], dtype=torch.float64)
+    out = _layer(tuple(alpha.tolist()))(x)
+    assert torch.allclose(out, reference_layer(x, alpha), atol=1e-12)
+
+
+def test_channels_last_input_gives_the_same_result():
+    x = torch.randn(2, 8, 15, 12)
+    layer = DynOPool2d((0.6, 0.45))
+    expected = layer(x)
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    out = layer(x_cl)
+    assert torch.allclose(out, expected, atol=1e-6)
+    out.sum().backward()
+    assert x_cl.grad.shape == x.shape and torch.isfinite(layer.alpha.grad).all()
+
+
+def test_bfloat16_under_cpu_autocast_tracks_float32():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), DynOPool2d((0.6, 0.45)))
+    x = torch.randn(2, 3, 16, 16)
+    expected = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    assert torch.allclose(out.float(), expected, atol=0.05, rtol=0.02)
+    out.float().sum().backward()
+    assert model[1].alpha.grad.dtype == torch.float32 and torch.isfinite(model[1].alpha.grad).all()
+
+
+def test_bad_inputs_name_the_layer_and_the_cause():
+    layer = DynOPool2d(name="features.4")
+    with pytest.raises(ValueError, match=r"features\.4.*4-D"):
+        layer(torch.randn(3, 8, 8))
+    with pytest.raises(TypeError, match=r"features\.4.*floating"):
+        layer(torch.ones(1, 1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty"):
+        layer(torch.randn(1, 1, 0, 8))
+    for bad in (float("nan"), -1.0, 0.0, math.inf):
+        with torch.no_grad():
+            layer.alpha.fill_(bad)
+        with pytest.raises(ValueError, match=r"features\.4.*alpha"):
+            layer(torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"scale": 0.0}, {"scale": float("nan")}, {"scale": (0.5, 0.5, 0.5)}, {"aggregation": "median"},
+     {"scale_bounds": (2.0, 1.0)}, {"min_size": 0}],
+)
+def test_bad_constructor_arguments_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        DynOPool2d(**kwargs)
+
+
+def test_scale_bounds_clamp_and_report_once():
+    layer = DynOPool2d(0.5, scale_bounds=(0.25, 1.0))
+    with torch.no_grad():
+        layer.alpha.copy_(torch.tensor([0.5, 8.0]))  # r = (2.0, 0.125), both outside
+    with pytest.warns(RuntimeWarning, match="scale_bounds"):
+        out = layer(torch.randn(1, 1, 16, 16))
+    assert layer.bound_hit and out.shape[-2:] == (16, 4)
+    assert layer.scale == (1.0, 0.25)
