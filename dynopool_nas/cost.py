@@ -35,9 +35,9 @@ def _pool_handle(per_window_offset: int) -> Callable[[list[Any], list[Any]], int
     """fvcore handle for ``aten::{max,avg}_pool2d``: (kernel area + offset) ops per output."""
 
     def handle(inputs: list[Any], outputs: list[Any]) -> int:
-        kernel = inputs[1].toIValue()
-        kernel = list(kernel) * (2 // len(kernel)) if kernel else [1, 1]
-        return math.prod(get_shape(outputs[0])) * (kernel[0] * kernel[1] + per_window_offset)
+        kernel = [value.toIValue() for value in inputs[1].node().inputs()]  # a traced ListConstruct
+        area = kernel[0] * kernel[-1]
+        return math.prod(get_shape(outputs[0])) * (area + per_window_offset)
 
     return handle
 
@@ -275,7 +275,7 @@ class GMACsCost:
         for source, size in zip(self.sources, self.sizes()):
             if source.pool is not None:
                 h, w = size.detach().tolist()
-                out.setdefault(source.pool.name, (int(round(h)), int(round(w))))
+                out.setdefault(source.pool.name, (round(h), round(w)))
         return out
 
     def snapshot(self) -> dict[str, Any]:

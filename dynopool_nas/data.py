@@ -49,7 +49,7 @@ class DigitsDataset(Dataset[tuple[Tensor, int]]):
         images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         labels = torch.as_tensor(digits.target, dtype=torch.long)
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-        n_val = int(round(len(labels) * val_fraction))
+        n_val = round(len(labels) * val_fraction)
         chosen = order[:n_val] if split == "val" else order[n_val:]
         images = F.interpolate(images[chosen], size=size, mode="bilinear", align_corners=False)
         self.images = (images - 0.3) / 0.4

@@ -130,7 +130,7 @@ class DynOPool2d(nn.Module):
         # One device-to-host copy per call: alpha for the checks and the rounded sizes.
         host = torch.cat([self.alpha.detach(), size.detach()]).tolist()
         self._check_alpha(host[:2])
-        out_size = (int(round(host[2])), int(round(host[3])))
+        out_size = (round(host[2]), round(host[3]))
         self.input_size, self.output_size, self.size = (in_h, in_w), out_size, size
         return dynopool2d(x, size, out_size, self.aggregation)
 

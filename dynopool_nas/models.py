@@ -15,7 +15,7 @@ import timm
 import torchvision
 from torch import nn
 
-__all__ = ["MODELS", "create_model", "small_cnn", "mobilenetv2_cifar", "resnet50_cifar", "vgg16_cifar"]
+__all__ = ["MODELS", "create_model", "mobilenetv2_cifar", "resnet50_cifar", "small_cnn", "vgg16_cifar"]
 
 _VGG16_CIFAR = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
@@ -60,7 +60,9 @@ def resnet50_cifar(num_classes: int = 100, in_chans: int = 3) -> torchvision.mod
 
 def mobilenetv2_cifar(num_classes: int = 100, in_chans: int = 3) -> torchvision.models.MobileNetV2:
     """torchvision MobileNetV2 for 32x32 images: stride-1 stem and second stage."""
-    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    setting = [
+        [1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]
+    ]
     model = torchvision.models.mobilenet_v2(num_classes=num_classes, inverted_residual_setting=setting)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(in_chans, stem.out_channels, 3, stride=1, padding=1, bias=False)

@@ -1,0 +1,127 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from dynopool_nas import DynOPool2d, create_model, dynopool_layers, dynopoolify, param_groups
+
+# (model, input size for the forward test, number of DynOPools)
+FAMILIES = [
+    ("vgg16", (48, 64), 5),
+    ("vgg16_bn", (48, 64), 5),
+    ("resnet50", (64, 48), 4),
+    ("mobilenet_v2", (48, 64), 5),
+    ("efficientnet_b0", (64, 48), 5),
+    ("efficientnet_b1", (48, 64), 5),
+    ("vgg16_cifar", (32, 40), 4),
+    ("resnet50_cifar", (40, 32), 3),
+    ("mobilenetv2_cifar", (32, 40), 3),
+]
+
+
+def _strided(model: nn.Module) -> list[str]:
+    resizers = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+    return [
+        name for name, m in model.named_modules()
+        if isinstance(m, resizers) and max(m.stride if isinstance(m.stride, tuple) else (m.stride,)) > 1
+    ]
+
+
+@pytest.mark.parametrize(("name", "input_hw", "count"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_every_family_converts_and_trains_on_a_non_square_input(name, input_hw, count):
+    torch.manual_seed(0)
+    model = dynopoolify(create_model(name, num_classes=10))
+    layers = dict(dynopool_layers(model))
+    assert len(layers) == count
+    assert _strided(model) == []
+    assert all(layer.name == path for path, layer in layers.items())
+    out = model(torch.randn(2, 3, *input_hw))
+    assert out.shape == (2, 10)
+    out.logsumexp(dim=1).sum().backward()
+    for path, layer in layers.items():
+        assert layer.alpha.grad is not None and layer.alpha.grad.abs().sum() > 0, path
+        assert layer.output_size[0] != layer.output_size[1] or layer.output_size == (2, 2), path
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes"),
+    [("vgg16_cifar", [16, 8, 4, 2]), ("resnet50_cifar", [16, 8, 4]), ("mobilenetv2_cifar", [16, 8, 4])],
+)
+def test_cifar_models_have_table_5_1_human_feature_map_sizes(name, sizes):
+    model = dynopoolify(create_model(name, num_classes=100))
+    model(torch.randn(1, 3, 32, 32))
+    assert [layer.output_size for _, layer in dynopool_layers(model)] == [(s, s) for s in sizes]
+
+
+def test_converted_vgg16_at_half_scale_equals_the_human_model():
+    torch.manual_seed(0)
+    human = create_model("vgg16", num_classes=10).eval()
+    converted = dynopoolify(human).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(converted(x), human(x), atol=1e-6, rtol=1e-5)
+
+
+def test_resnet_blocks_share_one_dynopool_between_main_path_and_shortcut():
+    model = dynopoolify(create_model("resnet50", num_classes=10))
+    assert isinstance(model.maxpool, DynOPool2d) and model.maxpool.scale == pytest.approx((0.25, 0.25))
+    assert model.conv1.stride == (1, 1)
+    downsampling = [b for b in model.modules() if isinstance(b, Bottleneck) and isinstance(b.bn2, nn.Sequential)]
+    assert len(downsampling) == 3
+    for block in downsampling:
+        assert block.bn2[-1] is block.downsample[0]
+    model(torch.randn(1, 3, 64, 80))
+
+
+def test_efficientnet_uses_the_anti_aliasing_slot_after_the_activation():
+    model = dynopoolify(create_model("efficientnet_b0", num_classes=10))
+    assert model.conv_stem.stride == (1, 1) and isinstance(model.bn1[-1], DynOPool2d)
+    pools = [m for m in model.blocks.modules() if isinstance(getattr(m, "aa", None), DynOPool2d)]
+    assert len(pools) == 4
+    assert all(m.conv_dw.stride == (1, 1) for m in pools)
+
+
+def test_pools_keep_their_aggregation_and_global_pooling_stays():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.MaxPool2d(3, stride=3), nn.AdaptiveAvgPool2d(1))
+    converted = dynopoolify(model)
+    assert converted[1].aggregation == "mean" and converted[3].aggregation == "max"
+    assert converted[3].scale == pytest.approx((1 / 3, 1 / 3))
+    assert isinstance(converted[4], nn.AdaptiveAvgPool2d)
+    assert isinstance(model[1], nn.AvgPool2d)  # the original is untouched
+
+
+def test_strided_conv_outside_a_sequential_gets_a_dynopool_after_it():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
+    converted = dynopoolify(Net())
+    assert converted(torch.randn(1, 3, 10, 12)).shape == (1, 4, 5, 6)
+
+
+def test_nothing_to_convert_is_an_error():
+    with pytest.raises(ValueError, match="nothing to replace"):
+        dynopoolify(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1)))
+
+
+def test_converting_twice_changes_nothing():
+    once = dynopoolify(create_model("mobilenetv2_cifar", num_classes=10))
+    twice = dynopoolify(copy.deepcopy(once))
+    assert repr(twice) == repr(once)
+    assert once.state_dict().keys() == twice.state_dict().keys()
+
+
+def test_param_groups_put_alphas_apart_without_weight_decay():
+    model = dynopoolify(create_model("small_cnn", num_classes=10, in_chans=1))
+    weights, alphas = param_groups(model, lr=0.1, weight_decay=5e-4)
+    assert alphas["lr"] == pytest.approx(0.01) and alphas["weight_decay"] == 0.0
+    assert [id(p) for p in alphas["params"]] == [id(layer.alpha) for _, layer in dynopool_layers(model)]
+    assert len(weights["params"]) + len(alphas["params"]) == len(list(model.parameters()))
+    assert param_groups(model, lr=0.1, alpha_lr=0.003)[1]["lr"] == 0.003
