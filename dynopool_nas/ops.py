@@ -12,7 +12,7 @@ resample to ``(2*H_out, 2*W_out)`` followed by a 2x2, stride-2 aggregation, whic
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,57 @@ def _resample_axis(x: Tensor, dim: int, coords: Tensor) -> Tensor:
     return torch.lerp(x.index_select(dim, lower), x.index_select(dim, upper), weight)
 
 
+class _PixelAlignedMax(torch.autograd.Function):
+    """DynOPool with max aggregation where ``H_in = 2 * H_out`` and ``W_in = 2 * W_out``.
+
+    Every query coordinate is then an input pixel (``u_k = k``), so the values are
+    ``max_pool2d(2, 2)``'s. The bilinear map's derivative along an axis at a pixel is the
+    forward difference there, read at each output's argmax; the coordinates' own gradient is
+    zero on the border, as in ``grid_sample`` (:func:`query_coordinates`), so the differences
+    read past the last row or column never count.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        values, indices = F.max_pool2d(x, kernel_size=2, stride=2, return_indices=True)
+        ctx.save_for_backward(x, values, indices)
+        ctx.mark_non_differentiable(indices)
+        return values
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, values, indices = ctx.saved_tensors
+        grad_x = grad_rows = grad_cols = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+                grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+            )
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            in_w = x.shape[-1]
+            out_h, out_w = values.shape[-2:]
+            flat, index = x.flatten(-2), indices.flatten(-2)
+            last = flat.shape[-1] - 1
+            # offset of the argmax inside its 2x2 window: 0, 1, W or W + 1
+            corner = (torch.arange(out_h, device=x.device)[:, None] * (2 * in_w)
+                      + torch.arange(out_w, device=x.device) * 2).flatten()
+            offset = index - corner
+            odd_row = (offset >= in_w).to(grad.dtype)
+            odd_col = (offset & 1).to(grad.dtype)
+            chosen = values.flatten(-2)
+            down = (flat.gather(-1, (index + in_w).clamp_max(last)) - chosen) * grad.flatten(-2)
+            right = (flat.gather(-1, (index + 1).clamp_max(last)) - chosen) * grad.flatten(-2)
+            down, right = down.view_as(values), right.view_as(values)
+            odd_row, odd_col = odd_row.view_as(values), odd_col.view_as(values)
+            grad_rows = _interleave(down.sum((0, 1, 3)), (down * odd_row).sum((0, 1, 3)))
+            grad_cols = _interleave(right.sum((0, 1, 2)), (right * odd_col).sum((0, 1, 2)))
+        return grad_x, grad_rows, grad_cols
+
+
+def _interleave(total: Tensor, odd: Tensor) -> Tensor:
+    """Per-query-row gradient from per-cell totals and the part that chose the odd row."""
+    return torch.stack([total - odd, odd], dim=-1).flatten()
+
+
 def dynopool2d(
     x: Tensor,
     size: Tensor,
@@ -87,6 +138,8 @@ def dynopool2d(
     in_h, in_w = x.shape[-2:]
     rows = query_coordinates(in_h, out_h, size[0])
     cols = query_coordinates(in_w, out_w, size[1])
+    if aggregation == "max" and (in_h, in_w) == (2 * out_h, 2 * out_w):
+        return _PixelAlignedMax.apply(x, rows.to(x.dtype), cols.to(x.dtype))
     queries = _resample_axis(_resample_axis(x, x.dim() - 2, rows), x.dim() - 1, cols)
     if aggregation == "max":
         return F.max_pool2d(queries, kernel_size=2, stride=2)

@@ -1,0 +1,1 @@
+"""NNI search spaces built on DynOPool."""

@@ -1,0 +1,1 @@
+"""NNI one-shot strategy hooks and the GMACs constraint for DynOPool."""

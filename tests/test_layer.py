@@ -178,3 +178,26 @@ def test_scale_bounds_clamp_and_report_once():
         out = layer(torch.randn(1, 1, 16, 16))
     assert layer.bound_hit and out.shape[-2:] == (16, 4)
     assert layer.scale == (1.0, 0.25)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 12), (1, 4, 6, 6), (3, 2, 2, 4)])
+def test_pixel_aligned_fast_path_matches_the_general_sampler(shape, monkeypatch):
+    import dynopool_nas.ops as ops
+
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, dtype=torch.float64)
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(ops._PixelAlignedMax, "apply", lambda x, rows, cols: F.max_pool2d(
+                ops._resample_axis(ops._resample_axis(x, 2, rows), 3, cols), 2, 2))
+        layer = _layer((2.0, 2.0))
+        x.grad = None
+        out = layer(x)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), layer.alpha.grad.clone(), x.grad.clone()))
+    (out_fast, alpha_fast, x_fast), (out_slow, alpha_slow, x_slow) = results
+    assert torch.equal(out_fast, out_slow)
+    assert torch.allclose(alpha_fast, alpha_slow, atol=1e-12) and alpha_fast.abs().sum() > 0
+    assert torch.allclose(x_fast, x_slow, atol=1e-12)
