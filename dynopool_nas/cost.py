@@ -1,9 +1,10 @@
 """MAC counts (fvcore) and the differentiable GMACs loss of eq. 4.7 / 4.8.
 
 fvcore counts one multiply-add as one "flop", i.e. MACs. It ignores pooling, so the
-handles below add DynOPool's own work (its bilinear sampling runs as ``aten::lerp``, its
-aggregation as a 2x2 pool) and, for a like-for-like comparison, the human models' pooling:
-a comparison or an addition counts as one MAC.
+handles below add DynOPool's own work as it is executed -- its bilinear sampling runs as
+``aten::lerp``, its aggregation as a 2x2 pool; at r = 1/2 on even sizes the query points are
+pixels and only the max remains -- and, for a like-for-like comparison, the human models'
+pooling: a comparison or an addition counts as one MAC.
 
 The loss is analytic: :class:`GMACsCost` records once, at the model's initial state, every
 layer's MACs and which resizer sets its spatial size, then prices the current sizes from the
@@ -44,6 +45,7 @@ def _pool_handle(per_window_offset: int) -> Callable[[list[Any], list[Any]], int
 
 OP_HANDLES: dict[str, Callable[[list[Any], list[Any]], Any]] = {
     "aten::lerp": elementwise_flop_counter(0, 1),
+    "prim::PythonOp._PixelAlignedMax": elementwise_flop_counter(0, 3),
     "aten::max_pool2d": _pool_handle(-1),
     "aten::avg_pool2d": _pool_handle(0),
     "aten::adaptive_max_pool2d": elementwise_flop_counter(1, 0),

@@ -77,13 +77,13 @@ class _PixelAlignedMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         values, indices = F.max_pool2d(x, kernel_size=2, stride=2, return_indices=True)
-        ctx.save_for_backward(x, values, indices)
+        ctx.save_for_backward(x, indices)
         ctx.mark_non_differentiable(indices)
         return values
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        x, values, indices = ctx.saved_tensors
+        x, indices = ctx.saved_tensors
         grad_x = grad_rows = grad_cols = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
@@ -91,7 +91,7 @@ class _PixelAlignedMax(torch.autograd.Function):
             )
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             in_w = x.shape[-1]
-            out_h, out_w = values.shape[-2:]
+            out_h, out_w = indices.shape[-2:]
             flat, index = x.flatten(-2), indices.flatten(-2)
             last = flat.shape[-1] - 1
             # offset of the argmax inside its 2x2 window: 0, 1, W or W + 1
@@ -100,11 +100,11 @@ class _PixelAlignedMax(torch.autograd.Function):
             offset = index - corner
             odd_row = (offset >= in_w).to(grad.dtype)
             odd_col = (offset & 1).to(grad.dtype)
-            chosen = values.flatten(-2)
+            chosen = flat.gather(-1, index)
             down = (flat.gather(-1, (index + in_w).clamp_max(last)) - chosen) * grad.flatten(-2)
             right = (flat.gather(-1, (index + 1).clamp_max(last)) - chosen) * grad.flatten(-2)
-            down, right = down.view_as(values), right.view_as(values)
-            odd_row, odd_col = odd_row.view_as(values), odd_col.view_as(values)
+            down, right = down.view_as(indices), right.view_as(indices)
+            odd_row, odd_col = odd_row.view_as(indices), odd_col.view_as(indices)
             grad_rows = _interleave(down.sum((0, 1, 3)), (down * odd_row).sum((0, 1, 3)))
             grad_cols = _interleave(right.sum((0, 1, 2)), (right * odd_col).sum((0, 1, 2)))
         return grad_x, grad_rows, grad_cols

@@ -26,9 +26,13 @@ def test_dynopool_sampling_and_max_are_counted():
     report = count_macs(model, (3, 32, 32))
     pools = report.layers[report.layers["type"] == "DynOPool2d"]
     assert len(pools) == 4 and (pools["macs"] > 0).all()
-    # first DynOPool: 64 channels, 32 -> 16; lerp over 32x32 rows then 32x32 cols, 3 comparisons per output
-    assert pools["macs"].iloc[0] == 64 * (32 * 32 + 32 * 32 + 3 * 16 * 16)
+    # r = 1/2 on 32x32: the query points are pixels; 3 comparisons per output of 64 channels
+    assert pools["macs"].iloc[0] == 64 * 3 * 16 * 16
     assert 0 < report.dynopool_share < 0.01
+    with torch.no_grad():
+        model.features[6].alpha.fill_(1 / 0.6)  # 32 -> 19: lerp 38 rows x 32, then 38 x 38, then the max
+    pools = count_macs(model, (3, 32, 32)).layers.query("type == 'DynOPool2d'")
+    assert pools["macs"].iloc[0] == 64 * (38 * 32 + 38 * 38 + 3 * 19 * 19)
 
 
 def _randomize_scales(model: nn.Module, seed: int) -> None:
@@ -47,10 +51,10 @@ def _randomize_scales(model: nn.Module, seed: int) -> None:
 def test_gmacs_loss_equals_fvcore_at_init_and_after_the_scales_change(name, input_size):
     model = dynopoolify(create_model(name, 10))
     cost = GMACsCost.from_model(model, input_size)
-    assert float(cost()) == pytest.approx(count_macs(model, input_size).gmacs, rel=0.01)
+    assert cost().item() == pytest.approx(count_macs(model, input_size).gmacs, rel=0.01)
     _randomize_scales(model, seed=1)
     fresh = count_macs(model, input_size).gmacs
-    assert float(cost()) == pytest.approx(fresh, rel=0.02)
+    assert cost().item() == pytest.approx(fresh, rel=0.02)
     assert cost.initial_gmacs != pytest.approx(fresh, rel=0.05)  # the scales really changed the cost
     model(torch.zeros(1, *input_size))
     assert cost.feature_map_sizes() == {name: layer.output_size for name, layer in dynopool_layers(model)}
@@ -79,9 +83,9 @@ def test_every_upstream_alpha_gets_the_gradient_of_the_continuous_cost(monkeypat
         for axis in range(2):
             with torch.no_grad():
                 pool.alpha[axis] += eps
-                up = float(cost())
+                up = cost().item()
                 pool.alpha[axis] -= 2 * eps
-                down = float(cost())
+                down = cost().item()
                 pool.alpha[axis] += eps
             assert grads[2 * index + axis].item() == pytest.approx((up - down) / (2 * eps), rel=1e-3)
 
@@ -97,4 +101,4 @@ def test_model_without_dynopool_has_a_constant_cost():
     with pytest.warns(UserWarning, match="no DynOPool2d"):
         cost = GMACsCost.from_model(create_model("small_cnn", 10, in_chans=1), (1, 16, 16))
     assert not cost().requires_grad
-    assert float(cost()) == pytest.approx(count_macs(create_model("small_cnn", 10, in_chans=1), (1, 16, 16)).gmacs)
+    assert cost().item() == pytest.approx(count_macs(create_model("small_cnn", 10, in_chans=1), (1, 16, 16)).gmacs)

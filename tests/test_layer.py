@@ -201,3 +201,10 @@ def test_pixel_aligned_fast_path_matches_the_general_sampler(shape, monkeypatch)
     assert torch.equal(out_fast, out_slow)
     assert torch.allclose(alpha_fast, alpha_slow, atol=1e-12) and alpha_fast.abs().sum() > 0
     assert torch.allclose(x_fast, x_slow, atol=1e-12)
+
+
+def test_output_may_be_modified_in_place_before_backward():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    model = torch.nn.Sequential(DynOPool2d(0.5), torch.nn.ReLU(inplace=True))
+    model(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(model[0].alpha.grad).all()
