@@ -23,11 +23,14 @@ from typing import Any
 
 import pandas as pd
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 from torch import Tensor, nn
 
 from .layer import DynOPool2d
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # fvcore calls torch.jit.script on import
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 
 __all__ = ["GMACsCost", "MACsReport", "count_macs", "flop_analysis"]
 
