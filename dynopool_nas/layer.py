@@ -126,7 +126,7 @@ class DynOPool2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         in_h, in_w = x.shape[-2:]
-        size = self.output_size_for(torch.tensor([in_h, in_w], dtype=self.alpha.dtype, device=self.alpha.device))
+        size = self.output_size_for(self.alpha.new_tensor((in_h, in_w)))
         # One device-to-host copy per call: alpha for the checks and the rounded sizes.
         host = torch.cat([self.alpha.detach(), size.detach()]).tolist()
         self._check_alpha(host[:2])

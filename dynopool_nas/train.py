@@ -69,20 +69,21 @@ def fit(
     history: list[EpochResult] = []
     for epoch in range(1, epochs + 1):
         model.train()
-        running, seen = 0.0, 0
+        running, seen = torch.zeros(()), 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        for images, labels in bar:
+        for step, (images, labels) in enumerate(bar):
             loss = F.cross_entropy(model(images), labels)
             total = loss + gmacs_lambda * cost() if gmacs_lambda else loss
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
             scheduler.step()
-            running += loss.item() * labels.numel()
+            running = running.to(loss.device) + loss.detach() * labels.numel()
             seen += labels.numel()
-            bar.set_postfix(loss=f"{running / seen:.3f}")
+            if progress and step % 10 == 0:  # reading the loss synchronizes with the device
+                bar.set_postfix(loss=f"{running.item() / seen:.3f}")
         snapshot = cost.snapshot()
-        result = EpochResult(epoch, running / max(seen, 1), evaluate(model, val_loader), **snapshot)
+        result = EpochResult(epoch, running.item() / max(seen, 1), evaluate(model, val_loader), **snapshot)
         history.append(result)
         if on_epoch is not None:
             on_epoch(result)
