@@ -46,9 +46,19 @@ def _pool_handle(per_window_offset: int) -> Callable[[list[Any], list[Any]], int
     return handle
 
 
+def _dynopool_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for DynOPool: the separable sampling (one MAC per interpolated value,
+    none where the query points are pixels) and 3 operations per output for the 2x2
+    aggregation."""
+    n, c, in_h, in_w = get_shape(inputs[0])
+    query_h, query_w = get_shape(inputs[1])[0], get_shape(inputs[2])[0]
+    sampling = 0 if (query_h, query_w) == (in_h, in_w) else n * c * query_h * (in_w + query_w)
+    return sampling + 3 * math.prod(get_shape(outputs[0]))
+
+
 OP_HANDLES: dict[str, Callable[[list[Any], list[Any]], Any]] = {
     "aten::lerp": elementwise_flop_counter(0, 1),
-    "prim::PythonOp._PixelAlignedMax": elementwise_flop_counter(0, 3),
+    "prim::PythonOp._DynOPool": _dynopool_handle,
     "aten::max_pool2d": _pool_handle(-1),
     "aten::avg_pool2d": _pool_handle(0),
     "aten::adaptive_max_pool2d": elementwise_flop_counter(1, 0),

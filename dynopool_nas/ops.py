@@ -52,67 +52,104 @@ def query_coordinates(in_size: int, out_size: int, size: Tensor) -> Tensor:
     return torch.where(inside, u, u.detach().clamp(0.0, in_size - 1))
 
 
-def _resample_axis(x: Tensor, dim: int, coords: Tensor) -> Tensor:
-    """Linear interpolation of ``x`` along ``dim`` at fractional pixel ``coords``."""
-    in_size = x.shape[dim]
+def _taps(coords: Tensor, in_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Lower and upper pixel index and the weight of the upper one, for linear interpolation
+    at fractional pixel ``coords`` (the weight keeps the coordinates' gradient, if any)."""
     lower = coords.detach().floor()
-    weight = (coords - lower).to(x.dtype)
+    weight = coords - lower
     lower = lower.long()
-    upper = (lower + 1).clamp_max(in_size - 1)
-    if dim == x.dim() - 2:
-        weight = weight.unsqueeze(-1)
-    return torch.lerp(x.index_select(dim, lower), x.index_select(dim, upper), weight)
+    return lower, (lower + 1).clamp_max(in_size - 1), weight
 
 
-class _PixelAlignedMax(torch.autograd.Function):
-    """DynOPool with max aggregation where ``H_in = 2 * H_out`` and ``W_in = 2 * W_out``.
+def _column_matrix(lower: Tensor, upper: Tensor, lower_weight: Tensor, upper_weight: Tensor, in_size: int) -> Tensor:
+    """The (in_size, n) matrix whose column j holds ``lower_weight[j]`` at row ``lower[j]`` and
+    ``upper_weight[j]`` at row ``upper[j]`` (summed where they coincide)."""
+    columns = torch.arange(lower.numel(), device=lower.device)
+    matrix = upper_weight.new_zeros(in_size, lower.numel())
+    matrix = matrix.index_put((lower, columns), lower_weight.expand_as(columns), accumulate=True)
+    return matrix.index_put((upper, columns), upper_weight.expand_as(columns), accumulate=True)
 
-    Every query coordinate is then an input pixel (``u_k = k``), so the values are
-    ``max_pool2d(2, 2)``'s. The bilinear map's derivative along an axis at a pixel is the
-    forward difference there, read at each output's argmax; the coordinates' own gradient is
-    zero on the border, as in ``grid_sample`` (:func:`query_coordinates`), so the differences
-    read past the last row or column never count.
+
+def _resample_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """Linear interpolation along the height at fractional pixel ``rows`` (whole-row copies)."""
+    lower, upper, weight = _taps(rows, x.shape[-2])
+    return torch.lerp(x.index_select(-2, lower), x.index_select(-2, upper), weight.to(x.dtype).unsqueeze(-1))
+
+
+def _queries(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """The ``2*H_out x 2*W_out`` bilinearly sampled query points (eq. 4.2), separably: rows by
+    copying and blending whole rows, columns by one matrix product (a gather along the last,
+    contiguous axis is several times slower)."""
+    lower, upper, weight = _taps(cols, x.shape[-1])
+    weight = weight.to(x.dtype)
+    return _resample_rows(x, rows) @ _column_matrix(lower, upper, 1 - weight, weight, x.shape[-1])
+
+
+class _DynOPool(torch.autograd.Function):
+    """DynOPool's sampling and 2x2 aggregation with a hand-written backward pass.
+
+    Forward: the query grid (:func:`_queries`), then a 2x2 max (with indices) or mean. Where
+    ``H_in = 2 * H_out`` and ``W_in = 2 * W_out`` (r = 1/2 on even sizes) every query is a
+    pixel (``u_k = k``), so the grid is the input itself and the values are
+    ``max_pool2d(2, 2)``'s (``avg_pool2d``'s for mean).
+
+    Backward: the query grid is recomputed rather than kept (memory as ``max_pool2d``'s). The
+    coordinates' gradient is the bilinear derivative at each query (the forward difference on
+    a pixel, as ``grid_sample`` takes it); coordinates on the border carry none
+    (:func:`query_coordinates`), so differences read past the last row or column never count.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        values, indices = F.max_pool2d(x, kernel_size=2, stride=2, return_indices=True)
-        ctx.save_for_backward(x, indices)
-        ctx.mark_non_differentiable(indices)
+    def forward(ctx: Any, x: Tensor, rows: Tensor, cols: Tensor, aggregation: str) -> Tensor:
+        identity = (rows.numel(), cols.numel()) == tuple(x.shape[-2:])
+        queries = x if identity else _queries(x, rows, cols)
+        if aggregation == "max":
+            values, indices = F.max_pool2d(queries, kernel_size=2, stride=2, return_indices=True)
+        else:
+            values, indices = F.avg_pool2d(queries, kernel_size=2, stride=2), None
+        ctx.identity, ctx.aggregation = identity, aggregation
+        ctx.save_for_backward(x, indices, rows, cols)
         return values
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        x, indices = ctx.saved_tensors
-        grad_x = grad_rows = grad_cols = None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, indices, rows, cols = ctx.saved_tensors
+        if ctx.identity and ctx.aggregation == "max":
+            grad_x, grad_rows, grad_cols = _pixel_aligned_max_backward(grad, x, indices)
+            return grad_x, grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None
+        in_h, in_w = x.shape[-2:]
+        query_shape = (rows.numel(), cols.numel())
+        if ctx.aggregation == "max":
+            grad_queries = F.max_unpool2d(grad, indices, kernel_size=2, stride=2, output_size=query_shape)
+        else:
+            grad_queries = grad.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1) / 4
+        row_lower, row_upper, row_weight = _taps(rows, in_h)
+        col_lower, col_upper, col_weight = _taps(cols, in_w)
+        row_weight, col_weight = row_weight.to(x.dtype), col_weight.to(x.dtype)
+        blended_rows = _resample_rows(x, rows)
+        one = col_weight.new_ones(())
+        interpolation = _column_matrix(col_lower, col_upper, 1 - col_weight, col_weight, in_w)
+        difference = _column_matrix(col_lower, col_upper, -one, one, in_w)
+        grad_cols = (grad_queries * (blended_rows @ difference)).sum((0, 1, 2))
+        grad_rows_blended = grad_queries @ interpolation.T
+        row_difference = x.index_select(-2, row_upper) - x.index_select(-2, row_lower)
+        grad_rows = (grad_rows_blended * row_difference).sum((0, 1, 3))
+        grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-                grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
-            )
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            in_w = x.shape[-1]
-            out_h, out_w = indices.shape[-2:]
-            flat, index = x.flatten(-2), indices.flatten(-2)
-            last = flat.shape[-1] - 1
-            # offset of the argmax inside its 2x2 window: 0, 1, W or W + 1
-            corner = (torch.arange(out_h, device=x.device)[:, None] * (2 * in_w)
-                      + torch.arange(out_w, device=x.device) * 2).flatten()
-            offset = index - corner
-            odd_row = (offset >= in_w).to(grad.dtype)
-            odd_col = (offset & 1).to(grad.dtype)
-            chosen = flat.gather(-1, index)
-            down = (flat.gather(-1, (index + in_w).clamp_max(last)) - chosen) * grad.flatten(-2)
-            right = (flat.gather(-1, (index + 1).clamp_max(last)) - chosen) * grad.flatten(-2)
-            down, right = down.view_as(indices), right.view_as(indices)
-            odd_row, odd_col = odd_row.view_as(indices), odd_col.view_as(indices)
-            grad_rows = _interleave(down.sum((0, 1, 3)), (down * odd_row).sum((0, 1, 3)))
-            grad_cols = _interleave(right.sum((0, 1, 2)), (right * odd_col).sum((0, 1, 2)))
-        return grad_x, grad_rows, grad_cols
+            grad_x = torch.zeros_like(x)
+            grad_x.index_add_(-2, row_lower, grad_rows_blended * (1 - row_weight).unsqueeze(-1))
+            grad_x.index_add_(-2, row_upper, grad_rows_blended * row_weight.unsqueeze(-1))
+        return grad_x, grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None
 
 
-def _interleave(total: Tensor, odd: Tensor) -> Tensor:
-    """Per-query-row gradient from per-cell totals and the part that chose the odd row."""
-    return torch.stack([total - odd, odd], dim=-1).flatten()
+def _pixel_aligned_max_backward(grad: Tensor, x: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of max DynOPool at r = 1/2, where the query points are the pixels: the input
+    gradient is ``max_pool2d``'s, and a query row's gradient is that gradient times the forward
+    difference to the next row, summed over the row (likewise for columns)."""
+    grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+    grad_rows = (grad_x[..., :-1, :] * (x[..., 1:, :] - x[..., :-1, :])).sum((0, 1, 3))
+    grad_cols = (grad_x[..., :-1] * (x[..., 1:] - x[..., :-1])).sum((0, 1, 2))
+    return grad_x, F.pad(grad_rows, (0, 1)), F.pad(grad_cols, (0, 1))
 
 
 def dynopool2d(
@@ -128,19 +165,14 @@ def dynopool2d(
 
     Args:
         x: input feature map.
-        size: output size per axis used to place the query points, shape (2,). In training it
-            is the straight-through size from :func:`ste_output_size`, so the gradient reaches
-            the scale; pass a continuous size to evaluate the continuous surrogate.
-        out_size: integer output size (H_out, W_out), the rounded value of ``size``.
+        size: output size per axis used to place the query points, shape (2,): the
+            straight-through size from :func:`ste_output_size`, whose value equals ``out_size``
+            and whose gradient reaches the scale.
+        out_size: integer output size (H_out, W_out).
         aggregation: ``'max'`` (the paper's choice) or ``'mean'``.
     """
     out_h, out_w = out_size
     in_h, in_w = x.shape[-2:]
     rows = query_coordinates(in_h, out_h, size[0])
     cols = query_coordinates(in_w, out_w, size[1])
-    if aggregation == "max" and (in_h, in_w) == (2 * out_h, 2 * out_w):
-        return _PixelAlignedMax.apply(x, rows.to(x.dtype), cols.to(x.dtype))
-    queries = _resample_axis(_resample_axis(x, x.dim() - 2, rows), x.dim() - 1, cols)
-    if aggregation == "max":
-        return F.max_pool2d(queries, kernel_size=2, stride=2)
-    return F.avg_pool2d(queries, kernel_size=2, stride=2)
+    return _DynOPool.apply(x, rows, cols, aggregation)

@@ -180,22 +180,30 @@ def test_scale_bounds_clamp_and_report_once():
     assert layer.scale == (1.0, 0.25)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 8, 12), (1, 4, 6, 6), (3, 2, 2, 4)])
-def test_pixel_aligned_fast_path_matches_the_general_sampler(shape, monkeypatch):
+@pytest.mark.parametrize(
+    ("shape", "scale"),
+    [((2, 3, 8, 12), (0.5, 0.5)), ((1, 4, 6, 6), (0.5, 0.5)), ((2, 3, 9, 14), (0.37, 0.81)),
+     ((1, 2, 7, 5), (1.6, 2.3))],
+)
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_hand_written_backward_matches_autograd_of_the_sampler(shape, scale, aggregation, monkeypatch):
     import dynopool_nas.ops as ops
 
     torch.manual_seed(0)
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, dtype=torch.float64)
     results = []
-    for fast in (True, False):
-        if not fast:
-            monkeypatch.setattr(ops._PixelAlignedMax, "apply", lambda x, rows, cols: F.max_pool2d(
-                ops._resample_axis(ops._resample_axis(x, 2, rows), 3, cols), 2, 2))
-        layer = _layer((2.0, 2.0))
+    for hand_written in (True, False):
+        if not hand_written:
+            pool = F.max_pool2d if aggregation == "max" else F.avg_pool2d
+
+            def autograd_version(x, rows, cols, _, pool=pool):
+                return pool(ops._queries(x, rows, cols), 2, 2)
+
+            monkeypatch.setattr(ops._DynOPool, "apply", autograd_version)
+        layer = _layer((1 / scale[0], 1 / scale[1]), aggregation=aggregation)
         x.grad = None
         out = layer(x)
-        (out * upstream).sum().backward()
+        (out * torch.linspace(-1, 2, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
         results.append((out.detach(), layer.alpha.grad.clone(), x.grad.clone()))
     (out_fast, alpha_fast, x_fast), (out_slow, alpha_slow, x_slow) = results
     assert torch.equal(out_fast, out_slow)
