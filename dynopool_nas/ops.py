@@ -126,14 +126,15 @@ class _DynOPool(torch.autograd.Function):
         row_lower, row_upper, row_weight = _taps(rows, in_h)
         col_lower, col_upper, col_weight = _taps(cols, in_w)
         row_weight, col_weight = row_weight.to(x.dtype), col_weight.to(x.dtype)
-        blended_rows = _resample_rows(x, rows)
-        one = col_weight.new_ones(())
+        lower_rows, upper_rows = x.index_select(-2, row_lower), x.index_select(-2, row_upper)
+        blended_rows = torch.lerp(lower_rows, upper_rows, row_weight.unsqueeze(-1))
+        # d(query)/d(col_j) = blended[upper_j] - blended[lower_j]: contract over every row first
+        contracted = blended_rows.reshape(-1, in_w).T @ grad_queries.reshape(-1, grad_queries.shape[-1])
+        columns = torch.arange(cols.numel(), device=x.device)
+        grad_cols = contracted[col_upper, columns] - contracted[col_lower, columns]
         interpolation = _column_matrix(col_lower, col_upper, 1 - col_weight, col_weight, in_w)
-        difference = _column_matrix(col_lower, col_upper, -one, one, in_w)
-        grad_cols = (grad_queries * (blended_rows @ difference)).sum((0, 1, 2))
         grad_rows_blended = grad_queries @ interpolation.T
-        row_difference = x.index_select(-2, row_upper) - x.index_select(-2, row_lower)
-        grad_rows = (grad_rows_blended * row_difference).sum((0, 1, 3))
+        grad_rows = (grad_rows_blended * (upper_rows - lower_rows)).sum((0, 1, 3))
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.zeros_like(x)

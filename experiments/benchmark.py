@@ -2,6 +2,8 @@
 
 Every ratio compares two measurements taken in the same run, interleaved (A, B, A, B, ...),
 median of the repeats; absolute times are printed for context only, never to compare runs.
+Memory is the storage autograd keeps for the backward pass of one forward. Each row carries
+the project's target ratio and whether this run met it.
 
     python experiments/benchmark.py                    # print the table
     python experiments/benchmark.py --write docs/benchmark.md
@@ -21,11 +23,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dynopool_nas import DynOPool2d, create_model, dynopoolify
+from dynopool_nas import DynOPool2d, GMACsCost, create_model, dynopoolify
 
 LAYER_SHAPES = [(32, 64, 56, 56), (8, 64, 112, 112), (32, 256, 28, 28)]
 SCALES = [(0.5, 0.5), (0.43, 0.61)]
-MODELS = [("vgg16_cifar", 64, 32), ("resnet50_cifar", 16, 32), ("mobilenetv2_cifar", 32, 32)]
+# (model, batch, image side, repeats)
+MODELS = [
+    ("vgg16_cifar", 64, 32, None), ("resnet50_cifar", 16, 32, None), ("mobilenetv2_cifar", 32, 32, None),
+    ("vgg16_bn", 2, 224, 3), ("resnet50", 2, 224, 3), ("mobilenet_v2", 4, 224, 3),
+]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def interleaved(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -34,9 +46,7 @@ def interleaved(baseline: Callable[[], object], candidate: Callable[[], object],
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
         for fn, bucket in ((baseline, times[0]), (candidate, times[1])):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
+            bucket.append(_timed(fn))
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -67,7 +77,11 @@ def _training_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
     return step
 
 
-def layer_rows(repeats: int) -> list[tuple[str, str, float, float]]:
+Row = tuple[str, str, float, float, str, float]  # what, baseline, its value, DynOPool's, unit, target ratio
+STEP_TARGETS = {"vgg16": 1.05, "resnet50": 1.05, "mobilenet": 1.15}
+
+
+def layer_rows(repeats: int) -> list[Row]:
     rows = []
     for shape in LAYER_SHAPES:
         x = torch.randn(shape, requires_grad=True)
@@ -81,24 +95,50 @@ def layer_rows(repeats: int) -> list[tuple[str, str, float, float]]:
             label = f"DynOPool2d r={scale} on {tuple(shape)}"
             for mode, wrap in (("forward+backward", _forward_backward), ("forward", _forward)):
                 base, cand = interleaved(wrap(baseline, x), wrap(layer, x), repeats)
-                rows.append((f"{label}, {mode}", name, base, cand))
+                target = 1.5 if wrap is _forward_backward else 1.3
+                rows.append((f"{label}, {mode}", name, base * 1e3, cand * 1e3, "ms", target))
     return rows
 
 
-def model_rows(repeats: int) -> list[tuple[str, str, float, float]]:
+def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes that autograd keeps for the backward pass of one forward (each storage once): the
+    part of training memory that a resizing layer changes."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    return sum(storages.values())
+
+
+def model_rows(repeats: int) -> list[Row]:
     rows = []
-    for name, batch, size in MODELS:
+    for name, batch, size, model_repeats in MODELS:
         torch.manual_seed(0)
         human = create_model(name, num_classes=100)
         converted = dynopoolify(human)
         x = torch.randn(batch, 3, size, size)
         labels = torch.randint(0, 100, (batch,))
-        base, cand = interleaved(_training_step(human, x, labels), _training_step(converted, x, labels), repeats)
-        rows.append((f"{name} training step, batch {batch} at {size}x{size}", "human model", base, cand))
+        steps = (_training_step(human, x, labels), _training_step(converted, x, labels))
+        base, cand = interleaved(*steps, model_repeats or repeats)
+        what = f"{name}, batch {batch} at {size}x{size}"
+        target = next(t for prefix, t in STEP_TARGETS.items() if name.startswith(prefix))
+        rows.append((f"{what}: training step", "human model", base * 1e3, cand * 1e3, "ms", target))
+        memory = (saved_activation_bytes(human, x), saved_activation_bytes(converted, x))
+        rows.append((f"{what}: tensors saved for backward", "human model", memory[0] / 1e6, memory[1] / 1e6, "MB",
+                     1.1))
+        cost = GMACsCost.from_model(converted, tuple(x.shape[1:]))
+        bookkeeping = statistics.median(_timed(lambda c=cost: c().backward()) for _ in range(model_repeats or repeats))
+        rows.append((f"{what}: GMACs loss and its backward", "DynOPool training step", cand * 1e3,
+                     bookkeeping * 1e3, "ms", 0.01))
     return rows
 
 
-def render(rows: list[tuple[str, str, float, float]], command: str) -> str:
+def render(rows: list[Row], command: str) -> str:
     lines = [
         "# DynOPool benchmark",
         "",
@@ -106,11 +146,13 @@ def render(rows: list[tuple[str, str, float, float]], command: str) -> str:
         f"torch {torch.__version__}, Python {platform.python_version()}.",
         f"Regenerate with `{command}`. Ratios are medians of interleaved runs in one process.",
         "",
-        "| what | baseline | baseline ms | DynOPool ms | ratio |",
-        "|---|---|---:|---:|---:|",
+        "| what | baseline | baseline | DynOPool | ratio | target | met |",
+        "|---|---|---:|---:|---:|---:|:---:|",
     ]
-    for what, baseline, base, cand in rows:
-        lines.append(f"| {what} | {baseline} | {base * 1e3:.2f} | {cand * 1e3:.2f} | {cand / base:.2f}x |")
+    for what, baseline, base, cand, unit, target in rows:
+        ratio = cand / base
+        lines.append(f"| {what} | {baseline} | {base:.2f} {unit} | {cand:.2f} {unit} | {ratio:.3g}x | "
+                     f"<= {target}x | {'yes' if ratio <= target else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
