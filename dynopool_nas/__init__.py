@@ -7,6 +7,7 @@ This package is plain PyTorch; the NNI integration lives in ``search_spaces`` an
 from .convert import dynopool_layers, dynopoolify, param_groups
 from .cost import GMACsCost, MACsReport, count_macs
 from .data import DigitsDataset
+from .export import FixedDynOPool2d, freeze_dynopools
 from .layer import DynOPool2d
 from .models import create_model
 from .ops import dynopool2d, ste_output_size
@@ -14,6 +15,7 @@ from .ops import dynopool2d, ste_output_size
 __all__ = [
     "DigitsDataset",
     "DynOPool2d",
+    "FixedDynOPool2d",
     "GMACsCost",
     "MACsReport",
     "count_macs",
@@ -21,6 +23,7 @@ __all__ = [
     "dynopool2d",
     "dynopool_layers",
     "dynopoolify",
+    "freeze_dynopools",
     "param_groups",
     "ste_output_size",
 ]

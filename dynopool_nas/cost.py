@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ._utils import eval_mode, example_input
 from .layer import DynOPool2d
 
 with warnings.catch_warnings():
@@ -65,30 +65,9 @@ OP_HANDLES: dict[str, Callable[[list[Any], list[Any]], Any]] = {
 }
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _example(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> Tensor:
-    if isinstance(input_size, Tensor):
-        return input_size
-    if len(input_size) != 3:
-        raise ValueError(f"input_size must be (channels, height, width), got {input_size!r}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else None
-    return torch.zeros(1, *input_size, device=device)
-
-
 def flop_analysis(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> FlopCountAnalysis:
     """fvcore's ``FlopCountAnalysis`` with DynOPool's and pooling's op handles, quiet."""
-    analysis = FlopCountAnalysis(model, _example(model, input_size))
+    analysis = FlopCountAnalysis(model, example_input(model, input_size))
     analysis.set_op_handle(**OP_HANDLES)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
@@ -97,7 +76,7 @@ def flop_analysis(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -
 
 def _own_macs(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> tuple[dict[str, int], int]:
     """MACs per module that its own forward performs (children excluded), and the total."""
-    with _eval_mode(model), warnings.catch_warnings():
+    with eval_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analysis = flop_analysis(model, input_size)
         by_module = analysis.by_module()
@@ -211,7 +190,7 @@ class _Probe:
             handles.append(module.register_forward_pre_hook(self._pre))
             handles.append(module.register_forward_hook(self._post))
         try:
-            with _eval_mode(self.model):
+            with eval_mode(self.model):
                 self.model(example)
         finally:
             for handle in handles:
@@ -241,7 +220,7 @@ class GMACsCost:
     def from_model(cls, model: nn.Module, input_size: tuple[int, int, int]) -> GMACsCost:
         """Record per-layer MACs (fvcore) and size dependencies for images of ``input_size``
         (channels, height, width)."""
-        example = _example(model, input_size)
+        example = example_input(model, input_size)
         own, _ = _own_macs(model, example)
         probe = _Probe(model, tuple(example.shape[-2:]))
         probe.run(example)

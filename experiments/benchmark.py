@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dynopool_nas import DynOPool2d, GMACsCost, create_model, dynopoolify
+from dynopool_nas import DynOPool2d, FixedDynOPool2d, GMACsCost, create_model, dynopoolify
 
 LAYER_SHAPES = [(32, 64, 56, 56), (8, 64, 112, 112), (32, 256, 28, 28)]
 SCALES = [(0.5, 0.5), (0.43, 0.61)]
@@ -97,6 +97,10 @@ def layer_rows(repeats: int) -> list[Row]:
                 base, cand = interleaved(wrap(baseline, x), wrap(layer, x), repeats)
                 target = 1.5 if wrap is _forward_backward else 1.3
                 rows.append((f"{label}, {mode}", name, base * 1e3, cand * 1e3, "ms", target))
+            fixed = FixedDynOPool2d(out_size, "max")
+            base, cand = interleaved(_forward(baseline, x), _forward(fixed, x), repeats)
+            rows.append((f"FixedDynOPool2d{out_size} on {tuple(shape)}, forward", name, base * 1e3, cand * 1e3, "ms",
+                         1.1))
     return rows
 
 

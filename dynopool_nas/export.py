@@ -1,0 +1,62 @@
+"""Freezing learned DynOPools into fixed-size resizers for deployment."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._utils import eval_mode, example_input
+from .layer import DynOPool2d
+from .ops import AGGREGATIONS, Aggregation, _queries, query_coordinates
+
+__all__ = ["FixedDynOPool2d", "freeze_dynopools"]
+
+
+class FixedDynOPool2d(nn.Module):
+    """What a trained :class:`DynOPool2d` computes, at a fixed output size and without a
+    learnable scale: the same query points (eq. 4.2, placed for ``output_size``) and the same
+    aggregation, so its output equals the learned layer's bit for bit."""
+
+    def __init__(self, output_size: tuple[int, int], aggregation: Aggregation = "max") -> None:
+        super().__init__()
+        if len(output_size) != 2 or min(output_size) < 1:
+            raise ValueError(f"output_size must be a pair of positive ints, got {output_size!r}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        self.aggregation = aggregation
+
+    def forward(self, x: Tensor) -> Tensor:
+        (in_h, in_w), (out_h, out_w) = x.shape[-2:], self.output_size
+        if (in_h, in_w) == (2 * out_h, 2 * out_w):
+            queries = x
+        else:
+            size = torch.tensor(self.output_size, dtype=torch.float32, device=x.device)
+            queries = _queries(x, query_coordinates(in_h, out_h, size[0]), query_coordinates(in_w, out_w, size[1]))
+        if self.aggregation == "max":
+            return F.max_pool2d(queries, kernel_size=2, stride=2)
+        return F.avg_pool2d(queries, kernel_size=2, stride=2)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, aggregation={self.aggregation!r}"
+
+
+def freeze_dynopools(model: nn.Module, input_size: tuple[int, int, int], *, inplace: bool = False) -> nn.Module:
+    """Replace every DynOPool2d by a :class:`FixedDynOPool2d` at the size it produces for
+    images of ``input_size`` (channels, height, width); a shared DynOPool stays shared."""
+    model = model if inplace else copy.deepcopy(model)
+    with eval_mode(model):
+        model(example_input(model, input_size))
+    frozen: dict[int, FixedDynOPool2d] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DynOPool2d):
+                if id(child) not in frozen:
+                    frozen[id(child)] = FixedDynOPool2d(child.output_size, child.aggregation)
+                setattr(parent, name, frozen[id(child)])
+    if not frozen:
+        raise ValueError(f"freeze_dynopools: {type(model).__name__} has no DynOPool2d to freeze")
+    return model
