@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,21 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> M
     return MACsReport(total=int(total), dynopool=dynopool, layers=layers)
 
 
+def _dynopool_work(in_size: Tensor, out_size: Tensor) -> Tensor:
+    """A DynOPool's MACs per channel and image, as :data:`OP_HANDLES` count them: the separable
+    sampling of ``2h`` rows of ``W_in`` and then ``2h x 2w`` queries (none where every query is a
+    pixel, ``in = 2 * out``), and 3 operations per output."""
+    (height, width), in_width = out_size, in_size[1]
+    aligned = ((in_size - 2 * out_size).abs() < 0.5).all()
+    sampling = 2 * height * (in_width + 2 * width)
+    return torch.where(aligned, torch.zeros_like(sampling), sampling) + 3 * height * width
+
+
+def gate_keys(name: str, gates: Mapping[str, Any]) -> tuple[str, ...]:
+    """The gated modules that contain the module (or parameter) ``name``."""
+    return tuple(key for key in gates if name == key or name.startswith(key + "."))
+
+
 def _spatial(tensors: Any) -> tuple[int, int] | None:
     """Spatial size of the first 4-D tensor in a forward's arguments or outputs."""
     if isinstance(tensors, Tensor):
@@ -197,49 +212,77 @@ class _Probe:
                 handle.remove()
 
 
+Gate = Callable[[bool], "Tensor | float"]
+"""Weight of a part of a model that may not be in the final architecture: its current
+probability (``hard=False``) or 1/0 for whether the currently derived architecture keeps it."""
+
+
 class GMACsCost:
     """Differentiable model complexity ``L_GMACs`` (eq. 4.7) at a reference input size.
 
     ``L_GMACs = sum_l (H^t_l W^t_l) / (H^0_l W^0_l) * GMACs[l]``, where ``GMACs[l]`` is
     layer ``l``'s fvcore count at construction and ``H^t_l, W^t_l`` its current spatial size
-    (its input's; a DynOPool's own output), built from the DynOPools' straight-through sizes so
-    that every upstream ``alpha`` gets a gradient. Calling the object costs a few scalar
+    (its input's), built from the DynOPools' straight-through sizes so that every upstream
+    ``alpha`` gets a gradient. A DynOPool's own work is priced by its exact count, which also
+    depends on its input width and on whether its query points are pixels. Calling the object costs a few scalar
     operations per DynOPool: no forward pass and no re-tracing.
+
+    In a supernet, ``gates`` maps module names to :data:`Gate` functions; every layer at or
+    below a gated module is weighted by the product of its gates, which gives the expected
+    GMACs under the architecture distribution (or, with ``hard=True``, the GMACs of the
+    architecture derived at that moment).
 
     Build it with :meth:`from_model` while the model is at its initial state. Add
     ``lam * cost()`` to the task loss for eq. 4.8.
     """
 
-    def __init__(self, sources: list[_Source], coefficients: list[float], constant: float) -> None:
+    def __init__(
+        self,
+        sources: list[_Source],
+        terms: dict[tuple[int, tuple[str, ...]], float],
+        gates: Mapping[str, Gate] | None = None,
+        pool_terms: dict[tuple[int, tuple[str, ...]], float] | None = None,
+    ) -> None:
         self.sources = sources
-        self.coefficients = coefficients
-        self.constant = constant
-        self.initial_gmacs = sum(c * s.size0[0] * s.size0[1] for c, s in zip(coefficients, sources)) + constant
+        self.terms = terms
+        self.pool_terms = pool_terms or {}
+        self.gates = dict(gates or {})
+        with torch.no_grad():
+            self.initial_gmacs = float(self())
 
     @classmethod
-    def from_model(cls, model: nn.Module, input_size: tuple[int, int, int]) -> GMACsCost:
+    def from_model(
+        cls, model: nn.Module, input_size: tuple[int, int, int], gates: Mapping[str, Gate] | None = None
+    ) -> GMACsCost:
         """Record per-layer MACs (fvcore) and size dependencies for images of ``input_size``
-        (channels, height, width)."""
+        (channels, height, width); ``gates`` as in the class description."""
         example = example_input(model, input_size)
         own, _ = _own_macs(model, example)
         probe = _Probe(model, tuple(example.shape[-2:]))
         probe.run(example)
-        coefficients = [0.0] * len(probe.sources)
-        constant = 0.0
+        gates = dict(gates or {})
+        modules = dict(model.named_modules())
+        sizes0 = [torch.tensor(source.size0, dtype=torch.float64) for source in probe.sources]
+        terms: dict[tuple[int, tuple[str, ...]], float] = {}
+        pool_terms: dict[tuple[int, tuple[str, ...]], float] = {}
         for name, macs in own.items():
             if not macs:
                 continue
             calls = probe.calls.get(name, [-1])
+            keys = gate_keys(name, gates)
             for source in calls:
                 share = macs / len(calls) / 1e9
-                if source < 0:
-                    constant += share
-                else:
+                if isinstance(modules[name], DynOPool2d) and source >= 0:
+                    per_channel = float(_dynopool_work(sizes0[probe.sources[source].parent], sizes0[source]))
+                    pool_terms[source, keys] = pool_terms.get((source, keys), 0.0) + share / per_channel
+                    continue
+                if source >= 0:
                     height, width = probe.sources[source].size0
-                    coefficients[source] += share / (height * width)
+                    share /= height * width
+                terms[source, keys] = terms.get((source, keys), 0.0) + share
         if not any(s.pool is not None for s in probe.sources):
             warnings.warn("GMACsCost: the model has no DynOPool2d; the cost is a constant", stacklevel=2)
-        return cls(probe.sources, coefficients, constant)
+        return cls(probe.sources, terms, gates, pool_terms)
 
     def sizes(self) -> list[Tensor]:
         """Straight-through spatial size (2,) of every size source, input first."""
@@ -255,13 +298,24 @@ class GMACsCost:
                 sizes.append(sizes[source.parent] * sizes[source.parent].new_tensor(source.ratio))
         return sizes
 
-    def __call__(self) -> Tensor:
-        """Current GMACs of one image, differentiable w.r.t. every DynOPool's alpha."""
+    def __call__(self, hard: bool = False) -> Tensor:
+        """Current GMACs of one image, differentiable w.r.t. every DynOPool's alpha (and, with
+        soft gates, every gate's parameters)."""
         sizes = self.sizes()
-        terms = [c * size[0] * size[1] for c, size in zip(self.coefficients, sizes) if c]
-        if not terms:
-            return sizes[0].new_tensor(self.constant)
-        return torch.stack(terms).sum() + self.constant
+        one = sizes[0].new_ones(())
+        gate_values = {key: gate(hard) for key, gate in self.gates.items()}
+        total = sizes[0].new_zeros(())
+        for (source, keys), coefficient in self.terms.items():
+            term = coefficient * (sizes[source].prod() if source >= 0 else one)
+            for key in keys:
+                term = term * gate_values[key]
+            total = total + term
+        for (source, keys), per_work in self.pool_terms.items():
+            term = per_work * _dynopool_work(sizes[self.sources[source].parent], sizes[source])
+            for key in keys:
+                term = term * gate_values[key]
+            total = total + term
+        return total
 
     def feature_map_sizes(self) -> dict[str, tuple[int, int]]:
         """Every DynOPool's current output size at the reference input, by layer name."""

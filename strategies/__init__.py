@@ -1,1 +1,18 @@
-"""NNI one-shot strategy hooks and the GMACs constraint for DynOPool."""
+"""NNI one-shot strategies that search DynOPool scales, and the GMACs constraint.
+
+Imports NNI; the layer itself lives in :mod:`dynopool_nas`, which does not.
+"""
+
+from .constraint import GMACsConstraint, supernet_cost, supernet_gates
+from .darts import DynOPoolDARTS, DynOPoolGumbelDARTS
+from .supernet import DynOPoolSupernet, scale_label
+
+__all__ = [
+    "DynOPoolDARTS",
+    "DynOPoolGumbelDARTS",
+    "DynOPoolSupernet",
+    "GMACsConstraint",
+    "scale_label",
+    "supernet_cost",
+    "supernet_gates",
+]

@@ -1,0 +1,104 @@
+"""Exported architectures: a JSON document of the chosen candidates, every DynOPool's learned
+scale and the feature-map sizes they give, and the model rebuilt from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from nni.nas.nn.pytorch import ModelSpace
+from torch import nn
+
+from dynopool_nas import dynopool_layers
+from dynopool_nas._utils import eval_mode, example_input
+
+from .supernet import SCALE_LABEL_PREFIX
+
+__all__ = ["SCHEMA_VERSION", "build_model", "export_architecture", "load_architecture", "save_architecture"]
+
+SCHEMA_VERSION = 1
+_REQUIRED = {"schema_version": int, "input_size": list, "choices": dict, "scales": dict, "sizes": dict}
+
+
+def export_architecture(strategy: Any) -> dict[str, Any]:
+    """The architecture a finished :class:`~strategies.DynOPoolDARTS` (or GumbelDARTS) search
+    derives, with its metrics, as a JSON-serializable dict."""
+    module = strategy.oneshot_module
+    sample = module.export()
+    metrics = module.history[-1] if module.history else module.metrics()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "input_size": list(module.input_size),
+        "choices": {k: v for k, v in sample.items() if not k.startswith(SCALE_LABEL_PREFIX)},
+        "scales": {k[len(SCALE_LABEL_PREFIX):]: list(v) for k, v in sample.items() if k.startswith(SCALE_LABEL_PREFIX)},
+        "sizes": {name: list(size) for name, size in module.cost.feature_map_sizes().items()},
+        "metrics": {k: metrics[k] for k in ("default", "gmacs", "params")},
+    }
+
+
+def save_architecture(arch: dict[str, Any], path: str | Path) -> Path:
+    """Write ``arch`` as JSON atomically (a crash leaves the previous file intact)."""
+    _validate(arch, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(arch, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+    return path
+
+
+def load_architecture(path: str | Path) -> dict[str, Any]:
+    """Read and validate an exported architecture."""
+    try:
+        arch = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no exported architecture at {path}; run a search with --output first") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-export the architecture") from None
+    _validate(arch, str(path))
+    return arch
+
+
+def _validate(arch: Any, where: str) -> None:
+    if not isinstance(arch, dict):
+        raise ValueError(f"{where}: an exported architecture is a JSON object, got {type(arch).__name__}")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(arch.get(key), kind):
+            raise ValueError(f"{where}: field {key!r} is missing or not a {kind.__name__}; re-export the architecture")
+    if arch["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(
+            f"{where}: schema version {arch['schema_version']} is not {SCHEMA_VERSION}, the one this version reads"
+        )
+    for name, scale in arch["scales"].items():
+        valid = isinstance(scale, list) and len(scale) == 2
+        if not (valid and all(isinstance(r, (int, float)) and r > 0 for r in scale)):
+            raise ValueError(f"{where}: scale of {name!r} must be two positive numbers, got {scale!r}")
+
+
+def build_model(space: ModelSpace, arch: dict[str, Any]) -> nn.Module:
+    """The model ``arch`` describes: ``space`` frozen at the chosen candidates, every DynOPool at
+    its learned scale. Raises ``ValueError`` when ``arch`` does not fit ``space`` or the rebuilt
+    model's feature-map sizes differ from the exported ones."""
+    _validate(arch, "architecture")
+    model = space.freeze(arch["choices"])
+    layers = dict((layer.name, layer) for _, layer in dynopool_layers(model))
+    if set(layers) != set(arch["scales"]):
+        raise ValueError(
+            f"the architecture's DynOPools {sorted(arch['scales'])} do not match the space's {sorted(layers)}; "
+            "was it exported from another space?"
+        )
+    with torch.no_grad():
+        for name, (r_h, r_w) in arch["scales"].items():
+            layers[name].alpha.copy_(torch.tensor([1.0 / r_h, 1.0 / r_w]))
+    with eval_mode(model):
+        model(example_input(model, tuple(arch["input_size"])))
+    sizes = {name: list(layer.output_size) for name, layer in layers.items()}
+    if sizes != arch["sizes"]:
+        raise ValueError(f"rebuilt feature-map sizes {sizes} differ from the exported {arch['sizes']}")
+    return model

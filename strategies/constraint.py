@@ -1,0 +1,230 @@
+"""The hardware-aware GMACs constraint of a one-shot search (eq. 4.7, 4.8, and a budget).
+
+NNI's ``ProfilerPenalty`` sees only categorical choices and, under DARTS, receives their
+probabilities as Python floats: it gives the architecture no gradient and cannot see a
+DynOPool's scale. :func:`supernet_cost` prices the supernet instead: every candidate of a
+``LayerChoice`` weighted by its probability, every block of a ``Repeat`` by the probability
+that the depth keeps it, every width/kernel choice of a mixed operation by its expected share,
+and every spatial size from the DynOPools' straight-through sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import torch
+from nni.nas.oneshot.pytorch.supermodule._expression_utils import traverse_all_options
+from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedLayer, DifferentiableMixedRepeat
+from nni.nas.oneshot.pytorch.supermodule.operation import MixedOperation
+from torch import Tensor, nn
+
+from dynopool_nas import GMACsCost
+from dynopool_nas._utils import eval_mode, example_input
+from dynopool_nas.cost import Gate, gate_keys
+
+__all__ = ["GMACsConstraint", "derived_parameter_count", "supernet_cost", "supernet_gates"]
+
+_CHANNEL_ARGUMENTS = ("in_channels", "out_channels", "in_features", "out_features", "num_features")
+
+
+def _distribution(alpha: Tensor, hard: bool) -> Tensor:
+    if hard:
+        return torch.nn.functional.one_hot(alpha.argmax(), alpha.numel()).to(alpha.dtype)
+    return torch.softmax(alpha, dim=-1)
+
+
+def _candidate_probability(alpha: Tensor, index: int, hard: bool) -> Tensor:
+    return _distribution(alpha, hard)[index]
+
+
+def _options(expression: Any, alphas: Any, hard: bool) -> list[tuple[Any, Tensor]]:
+    return traverse_all_options(expression, weights={k: _distribution(a, hard) for k, a in alphas.items()})
+
+
+def _depth_at_least(repeat: DifferentiableMixedRepeat, depth: int, hard: bool) -> Tensor:
+    options = _options(repeat.depth_choice, repeat._arch_alpha, hard)
+    return torch.stack([torch.as_tensor(weight) for value, weight in options if value >= depth]).sum()
+
+
+def _measure(argument: str, value: Any) -> float:
+    if argument == "kernel_size":
+        return float(math.prod(value) if isinstance(value, (tuple, list)) else value * value)
+    return float(value)
+
+
+def _argument_share(operation: MixedOperation, argument: str, hard: bool) -> Tensor:
+    """E[value] / max(value) of one mutable argument of a mixed operation."""
+    options = _options(operation.mutable_arguments[argument], operation._arch_alpha, hard)
+    largest = max(_measure(argument, value) for value, _ in options)
+    return sum(weight * _measure(argument, value) / largest for value, weight in options)
+
+
+def _expected_share(operation: MixedOperation, hard: bool) -> Tensor | float:
+    """Expected MACs (and parameters) of a mixed operation relative to its largest candidate,
+    which is what fvcore traced: channel counts enter linearly, kernel sizes by area, groups
+    inversely (a depthwise convolution is linear in its width)."""
+    share: Tensor | float = 1.0
+    for argument in operation.mutable_arguments:
+        if argument in (*_CHANNEL_ARGUMENTS, "kernel_size"):
+            share = share * _argument_share(operation, argument, hard)
+        elif argument == "groups":
+            share = share / _argument_share(operation, argument, hard)
+    return share
+
+
+_OUTPUT_CHANNELS = ("out_channels", "out_features", "num_features")
+
+
+def _channel_gates(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Gate]:
+    """Gates for plain layers (pooling, DynOPool, activations with a cost) whose channel count
+    follows a width choice upstream: the share of the latest mixed operation, in call order,
+    whose largest output has as many channels as the layer's input. In a supernet every
+    width runs at its largest, masked, so fvcore counted these layers at the largest width."""
+    sources: list[tuple[int, Gate]] = []
+    gates: dict[str, Gate] = {}
+    mixed = {name for name, module in model.named_modules() if isinstance(module, MixedOperation)}
+
+    def pre(name: str, module: nn.Module, args: Any) -> None:
+        if name in mixed or not args or not isinstance(args[0], Tensor) or args[0].dim() != 4:
+            return
+        channels = args[0].shape[1]
+        for source_channels, gate in reversed(sources):
+            if source_channels == channels:
+                gates.setdefault(name, gate)
+                return
+
+    def post(name: str, module: nn.Module, args: Any, output: Any) -> None:
+        argument = next((a for a in _OUTPUT_CHANNELS if a in getattr(module, "mutable_arguments", {})), None)
+        if argument is not None and isinstance(output, Tensor) and output.dim() >= 2:
+            sources.append((output.shape[1], partial(_argument_share, module, argument)))
+
+    handles = []
+    for name, module in model.named_modules():
+        leaf = not any(True for _ in module.children())
+        inside_mixed = any(name.startswith(m + ".") for m in mixed)
+        if name and (name in mixed or (leaf and not inside_mixed)):
+            handles.append(module.register_forward_pre_hook(partial(pre, name)))
+            handles.append(module.register_forward_hook(partial(post, name)))
+    try:
+        with eval_mode(model):
+            model(example_input(model, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return gates
+
+
+def _product(first: Gate, second: Gate, hard: bool) -> Tensor | float:
+    return first(hard) * second(hard)
+
+
+def _add_gate(gates: dict[str, Gate], key: str, gate: Gate) -> None:
+    gates[key] = partial(_product, gates[key], gate) if key in gates else gate
+
+
+def supernet_gates(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Gate]:
+    """:data:`~dynopool_nas.cost.Gate` functions for the differentiable choices of a DARTS-style
+    supernet, by module name."""
+    gates = _channel_gates(model, input_size)
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, DifferentiableMixedLayer):
+            for index, candidate in enumerate(module.names):
+                _add_gate(gates, f"{prefix}{candidate}", partial(_candidate_probability, module._arch_alpha, index))
+        elif isinstance(module, DifferentiableMixedRepeat):
+            for index in range(len(module.blocks)):
+                _add_gate(gates, f"{prefix}blocks.{index}", partial(_depth_at_least, module, index + 1))
+        elif isinstance(module, MixedOperation) and hasattr(module, "_arch_alpha"):
+            _add_gate(gates, name, partial(_expected_share, module))
+    return gates
+
+
+def supernet_cost(model: nn.Module, input_size: tuple[int, int, int]) -> GMACsCost:
+    """The expected GMACs of a one-shot supernet (call with ``hard=True`` for the GMACs of the
+    architecture derived at that moment)."""
+    return GMACsCost.from_model(model, input_size, gates=supernet_gates(model, input_size))
+
+
+def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:
+    """Parameters of the architecture currently derived from a supernet: a gated parameter counts
+    when its choice is taken, a mixed operation's by the share of its chosen width and kernel;
+    architecture parameters do not count."""
+    total = 0.0
+    with torch.no_grad():
+        values = {key: float(gate(True)) for key, gate in gates.items()}
+        for name, parameter in model.named_parameters():
+            if "_arch_alpha" in name:
+                continue
+            weight = 1.0
+            for key in gate_keys(name, values):
+                weight *= values[key]
+            total += weight * parameter.numel()
+    return round(total)
+
+
+class GMACsConstraint:
+    """The hardware-aware GMACs constraint of a search. Exactly one of:
+
+    * ``lam``: the paper's ``lambda * L_GMACs`` added to the architecture loss (eq. 4.8),
+      ``L_GMACs`` the supernet's expected GMACs per image;
+    * ``budget``: a target in GMACs per image. After every architecture step all DynOPool scales
+      are multiplied by one common factor, found by bisection on the analytic cost, that brings
+      the expected GMACs to the budget (to the nearest size the rounding allows). Gradient steps
+      still decide how resolution is spread over the layers and axes; the projection holds the
+      total, so no trade-off weight needs tuning.
+    """
+
+    def __init__(self, lam: float | None = None, budget: float | None = None) -> None:
+        if (lam is None) == (budget is None):
+            raise ValueError("GMACsConstraint takes exactly one of lam (eq. 4.8) and budget (GMACs per image)")
+        if lam is not None and not (math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"lam must be a non-negative number, got {lam!r}")
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise ValueError(f"budget must be a positive number of GMACs, got {budget!r}")
+        self.lam, self.budget = lam, budget
+        self.cost: GMACsCost | None = None
+
+    def bind(self, cost: GMACsCost) -> GMACsConstraint:
+        if self.budget is not None and not _scales(cost):
+            raise ValueError("a GMACs budget is held by DynOPool scales, and the space has no DynOPool2d; use lam")
+        self.cost = cost
+        return self
+
+    def __call__(self, loss: Tensor, probs: Any = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``loss`` plus the GMACs term (lambda mode), and the expected GMACs for logging. The
+        signature is that of NNI's DARTS ``penalty`` hook; ``probs`` (floats) is not used."""
+        if self.cost is None:
+            raise RuntimeError("GMACsConstraint.bind(cost) must be called before the search starts")
+        gmacs = self.cost()
+        if self.lam is None:
+            return loss, {"expected_gmacs": gmacs.detach()}
+        return loss + self.lam * gmacs, {"expected_gmacs": gmacs.detach()}
+
+    @torch.no_grad()
+    def project(self, iterations: int = 16) -> None:
+        """Budget mode: rescale every DynOPool's alpha by one factor to meet the budget."""
+        if self.budget is None or self.cost is None:
+            return
+        alphas = [layer.alpha for layer in _scales(self.cost)]
+        start = [alpha.clone() for alpha in alphas]
+
+        def gmacs_at(log_factor: float) -> float:
+            for alpha, initial in zip(alphas, start):
+                alpha.copy_(initial * math.exp(log_factor))
+            return float(self.cost())
+
+        low, high = -2.0, 2.0  # larger factor = larger alpha = smaller maps = fewer GMACs
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            if gmacs_at(middle) > self.budget:
+                low = middle
+            else:
+                high = middle
+        candidates = {abs(gmacs_at(t) / self.budget - 1): t for t in (low, high)}
+        gmacs_at(candidates[min(candidates)])
+
+
+def _scales(cost: GMACsCost) -> list[Any]:
+    return list({id(s.pool): s.pool for s in cost.sources if s.pool is not None}.values())

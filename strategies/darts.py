@@ -1,0 +1,196 @@
+"""DARTS and GumbelDARTS that search DynOPool scales jointly with NNI's categorical choices.
+
+Differences from NNI's strategies of the same name:
+
+* every :class:`~dynopool_nas.DynOPool2d` becomes an architecture module
+  (:class:`~strategies.supernet.DynOPoolSupernet`): its ``alpha`` is learned on the validation
+  split by the architecture optimizer (first-order), in a parameter group of its own with
+  ``alpha_learning_rate`` and no weight decay (NNI's 1e-3 decay would pull alpha towards 0,
+  i.e. towards huge feature maps), and it is kept out of the weight optimizer;
+* an optional :class:`~strategies.constraint.GMACsConstraint` adds the supernet's expected GMACs
+  to the architecture loss (lambda, eq. 4.8, or a budget);
+* after every epoch the search reports to NNI ``'default'`` (top-1 of the supernet on the
+  validation split), ``'gmacs'`` and ``'params'`` of the architecture derived at that moment,
+  ``'expected_gmacs'``, and every DynOPool's feature-map size (``'<name>.h'``, ``'<name>.w'``);
+  the last report is also the final result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nni
+import torch
+from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule, GumbelDartsLightningModule
+from nni.nas.strategy import DARTS, GumbelDARTS
+from torch import nn
+
+from dynopool_nas.cost import GMACsCost
+
+from .constraint import GMACsConstraint, derived_parameter_count, supernet_cost
+from .supernet import DynOPoolSupernet
+
+__all__ = ["DynOPoolDARTS", "DynOPoolGumbelDARTS"]
+
+
+class _DynOPoolSearchModule:
+    """What DynOPool adds to NNI's differentiable one-shot Lightning modules."""
+
+    def __init__(
+        self,
+        *args: Any,
+        input_size: tuple[int, int, int],
+        alpha_learning_rate: float,
+        constraint: GMACsConstraint | None,
+        val_loader: Any,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.penalty = constraint  # NNI's hook for a term added to the architecture loss
+        self.input_size = input_size
+        self.alpha_learning_rate = alpha_learning_rate
+        self.val_loader = val_loader
+        self.cost: GMACsCost | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def scale_parameters(self) -> list[nn.Parameter]:
+        return [m.alpha for m in self.supernet_modules() if isinstance(m, DynOPoolSupernet)]
+
+    def configure_architecture_optimizers(self) -> torch.optim.Optimizer:
+        scales = self.scale_parameters()
+        scale_ids = {id(p) for p in scales}
+        choices = [p for p in self.arch_parameters() if id(p) not in scale_ids]
+        groups = [{"params": choices, "lr": self.arc_learning_rate, "weight_decay": 1e-3}] if choices else []
+        if scales:
+            groups.append({"params": scales, "lr": self.alpha_learning_rate, "weight_decay": 0.0})
+        if not groups:
+            raise ValueError("the model space has neither a DynOPool2d nor a categorical choice: nothing to search")
+        return torch.optim.Adam(groups, betas=(0.5, 0.999))
+
+    def on_fit_start(self) -> None:
+        self.cost = supernet_cost(self.model, self.input_size)
+        if self.penalty is not None:
+            self.penalty.bind(self.cost)
+        return super().on_fit_start()
+
+    @torch.no_grad()
+    def _validation_top1(self) -> float:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        correct = total = 0
+        for images, labels in self.val_loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            correct += (model(images).argmax(dim=1) == labels).sum().item()
+            total += labels.numel()
+        model.train(was_training)
+        return correct / max(total, 1)
+
+    def metrics(self) -> dict[str, Any]:
+        """What is reported to NNI: validation top-1 as ``'default'`` and the derived cost."""
+        assert self.cost is not None
+        with torch.no_grad():
+            result: dict[str, Any] = {
+                "default": self._validation_top1(),
+                "gmacs": float(self.cost(hard=True)),
+                "expected_gmacs": float(self.cost()),
+                "params": derived_parameter_count(self.model, self.cost.gates),
+            }
+        for name, (height, width) in self.cost.feature_map_sizes().items():
+            result[f"{name}.h"], result[f"{name}.w"] = height, width
+        return result
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        if self.penalty is not None:
+            self.penalty.project()
+        return super().on_train_batch_end(*args, **kwargs)
+
+    def on_train_epoch_end(self) -> None:
+        metrics = self.metrics()
+        self.history.append(metrics)
+        self.log_dict({f"search/{k}": float(v) for k, v in metrics.items()})
+        if nni.get_current_parameter() is not None:
+            nni.report_intermediate_result(metrics)
+        return super().on_train_epoch_end()
+
+    def on_fit_end(self) -> None:
+        # The wrapped evaluator would report its own (training-set) result; the search's is this.
+        if self.history and nni.get_current_parameter() is not None:
+            nni.report_final_result(self.history[-1])
+
+
+class DynOPoolDartsModule(_DynOPoolSearchModule, DartsLightningModule):
+    """NNI's DARTS Lightning module with DynOPool's scales, GMACs constraint and reports."""
+
+
+class DynOPoolGumbelDartsModule(_DynOPoolSearchModule, GumbelDartsLightningModule):
+    """NNI's GumbelDARTS Lightning module with DynOPool's scales, GMACs constraint and reports."""
+
+
+class _DynOPoolStrategy:
+    """What DynOPool adds to NNI's DARTS-family strategies."""
+
+    module_class: type
+
+    def __init__(
+        self,
+        *,
+        input_size: tuple[int, int, int],
+        alpha_learning_rate: float = 1e-2,
+        constraint: GMACsConstraint | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if len(input_size) != 3:
+            raise ValueError(f"input_size must be (channels, height, width), got {input_size!r}")
+        super().__init__(**kwargs)
+        self.input_size = tuple(input_size)
+        self.alpha_learning_rate = alpha_learning_rate
+        self.constraint = constraint
+        self._val_loader: Any = None
+
+    def default_mutation_hooks(self) -> list[Any]:
+        return [DynOPoolSupernet.mutate, *super().default_mutation_hooks()]
+
+    def mutate_evaluator(self, evaluator: Any) -> Any:
+        self._val_loader = evaluator.val_dataloaders
+        if self._val_loader is None:
+            raise ValueError(
+                "the evaluator needs val_dataloaders: architecture parameters learn on the validation split"
+            )
+        return super().mutate_evaluator(evaluator)
+
+    def configure_oneshot_module(self, training_module: Any) -> Any:
+        base = super().configure_oneshot_module(training_module)  # NNI's, for its parsed settings
+        scheduler = (base.temperature_scheduler,) if isinstance(base, GumbelDartsLightningModule) else ()
+        return self.module_class(
+            training_module,
+            *scheduler,
+            arc_learning_rate=self.arc_learning_rate,
+            gradient_clip_val=self.gradient_clip_val,
+            log_prob_every_n_step=self.log_prob_every_n_step,
+            warmup_epochs=self.warmup_epochs,
+            input_size=self.input_size,
+            alpha_learning_rate=self.alpha_learning_rate,
+            constraint=self.constraint,
+            val_loader=self._val_loader,
+        )
+
+
+class DynOPoolDARTS(_DynOPoolStrategy, DARTS):
+    """First-order DARTS over a space with DynOPools (see the module description).
+
+    Args:
+        input_size: (channels, height, width) at which GMACs are counted.
+        alpha_learning_rate: learning rate of every DynOPool's alpha (Adam, no weight decay).
+        constraint: optional :class:`~strategies.constraint.GMACsConstraint`.
+        **kwargs: NNI's ``DARTS`` arguments (``arc_learning_rate``, ``warmup_epochs``, ...).
+    """
+
+    module_class = DynOPoolDartsModule
+
+
+class DynOPoolGumbelDARTS(_DynOPoolStrategy, GumbelDARTS):
+    """GumbelDARTS over a space with DynOPools; the arguments of :class:`DynOPoolDARTS` plus NNI's
+    ``temperature``."""
+
+    module_class = DynOPoolGumbelDartsModule

@@ -1,0 +1,65 @@
+"""DynOPool as a module of NNI's one-shot supernets.
+
+One-shot strategies turn a model space into a supernet by running mutation hooks over its
+submodules. :meth:`DynOPoolSupernet.mutate` is that hook for :class:`~dynopool_nas.DynOPool2d`:
+the replacement *is* a DynOPool2d (so conversion rules, the GMACs cost and exports keep working)
+whose ``alpha`` is an architecture parameter, trained by the strategy's architecture optimizer
+on the validation split instead of by the weight optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
+from torch import nn
+
+from dynopool_nas import DynOPool2d
+
+__all__ = ["SCALE_LABEL_PREFIX", "DynOPoolSupernet", "scale_label"]
+
+SCALE_LABEL_PREFIX = "dynopool/"
+
+
+def scale_label(layer: DynOPool2d) -> str:
+    """The label under which a DynOPool's learned scale is exported."""
+    return SCALE_LABEL_PREFIX + layer.name
+
+
+class DynOPoolSupernet(DynOPool2d, BaseSuperNetModule):
+    """A DynOPool2d whose ``alpha`` is an architecture parameter of a one-shot supernet.
+
+    It holds no child module, so the hook traversal, which descends into replacements, cannot
+    wrap it again; a DynOPool shared by several branches is replaced by one shared module.
+    """
+
+    @classmethod
+    def mutate(cls, module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]) -> Any:
+        if type(module) is not DynOPool2d:
+            return None
+        key = f"_dynopool_{id(module)}"
+        if key not in memo:
+            replacement = cls(
+                scale=module.scale, aggregation=module.aggregation, min_size=module.min_size,
+                scale_bounds=module.scale_bounds, name=module.name if module.name != "DynOPool2d" else name,
+            )
+            replacement.alpha = module.alpha
+            memo[key] = replacement
+        return memo[key]
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def export(self, memo: dict[str, Any]) -> dict[str, Any]:
+        label = scale_label(self)
+        return {} if label in memo else {label: list(self.scale)}
+
+    def export_probs(self, memo: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def freeze(self, sample: dict[str, Any]) -> DynOPool2d:
+        scale = sample.get(scale_label(self), self.scale)
+        return DynOPool2d(scale, self.aggregation, self.min_size, self.scale_bounds, self.name)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha]

@@ -1,0 +1,129 @@
+"""Real one-shot NNI searches (NasExperiment) over tiny spaces on the bundled digits."""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from nni.nas.evaluator.pytorch import Classification
+from nni.nas.experiment import NasExperiment
+from nni.nas.strategy import DARTS, ENAS, Proxyless, RandomOneShot
+from torch.utils.data import DataLoader, Subset
+
+from dynopool_nas import DigitsDataset, GMACsCost, count_macs, dynopool_layers
+from search_spaces.cells import DynOPoolCellSpace
+from search_spaces.converted import ConvertedSpace
+from strategies import DynOPoolDARTS, DynOPoolGumbelDARTS, GMACsConstraint
+from strategies.arch import build_model, export_architecture, load_architecture, save_architecture
+
+SIZE = 12
+INPUT = (1, SIZE, SIZE)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_nni():
+    logging.getLogger("nni").setLevel(logging.ERROR)
+
+
+def _evaluator(epochs: int, train_images: int = 512, batch_size: int = 32, size: int = SIZE) -> Classification:
+    train = Subset(DigitsDataset("train", size), range(train_images))
+    val = Subset(DigitsDataset("val", size), range(128))
+    return Classification(
+        train_dataloaders=DataLoader(train, batch_size=batch_size, shuffle=True),
+        val_dataloaders=DataLoader(val, batch_size=128),
+        max_epochs=epochs, num_classes=10, learning_rate=0.01, accelerator="cpu",
+        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
+    )
+
+
+def _search(space, strategy, epochs: int = 1, **evaluator_options):
+    torch.manual_seed(0)
+    experiment = NasExperiment(space, _evaluator(epochs, **evaluator_options), strategy)
+    experiment.run()
+    return experiment
+
+
+def test_darts_over_the_cell_space_searches_reports_and_exports(tmp_path):
+    space = DynOPoolCellSpace(widths=(4, 8), depths=(1, 2), num_stages=3)
+    initial = {layer.name: layer.alpha.detach().clone() for _, layer in dynopool_layers(space)}
+    strategy = DynOPoolDARTS(input_size=INPUT, alpha_learning_rate=0.05, constraint=GMACsConstraint(lam=1.0))
+    _search(space, strategy)
+    module = strategy.oneshot_module
+
+    scales = module.scale_parameters()
+    assert len(scales) == 2 and all(not torch.equal(p, initial[n]) for p, n in zip(scales, ("reduce1", "reduce2")))
+    weight_optimizer = module.optimizers()[0] if isinstance(module.optimizers(), list) else module.optimizers()
+    weight_ids = {id(p) for group in weight_optimizer.optimizer.param_groups for p in group["params"]}
+    assert not weight_ids & {id(p) for p in scales}
+    arch_groups = module.architecture_optimizers().optimizer.param_groups
+    assert [(g["lr"], g["weight_decay"]) for g in arch_groups] == [(3e-4, 1e-3), (0.05, 0.0)]
+
+    # every epoch's report carries these; NNI's in-process engine keeps the 'default' of each
+    reports = module.history
+    assert {"default", "gmacs", "params", "reduce1.h", "reduce1.w"} <= set(reports[-1])
+    assert 0 <= reports[-1]["default"] <= 1 and reports[-1]["gmacs"] > 0
+    metrics = strategy._mutated_model_space.metrics
+    assert list(metrics.intermediates) == [r["default"] for r in reports] and metrics.final == reports[-1]["default"]
+
+    arch = export_architecture(strategy)
+    path = save_architecture(arch, tmp_path / "arch.json")
+    loaded = load_architecture(path)
+    assert loaded == json.loads(json.dumps(arch))
+    model = build_model(DynOPoolCellSpace(widths=(4, 8), depths=(1, 2), num_stages=3), loaded)
+    assert {layer.name: list(layer.output_size) for _, layer in dynopool_layers(model)} == arch["sizes"]
+    assert count_macs(model, INPUT).gmacs == pytest.approx(arch["metrics"]["gmacs"], rel=0.02)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(arch["metrics"]["params"], rel=0.01)
+
+
+def test_gumbel_darts_searches_a_converted_model():
+    strategy = DynOPoolGumbelDARTS(input_size=INPUT, alpha_learning_rate=0.05)
+    _search(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), strategy)
+    assert strategy.oneshot_module.history[-1]["features.3.h"] >= 2
+
+
+def _final_gmacs(constraint, epochs=2, size=SIZE):
+    strategy = DynOPoolDARTS(input_size=(1, size, size), alpha_learning_rate=0.05, constraint=constraint)
+    _search(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), strategy, epochs=epochs, size=size)
+    return strategy, export_architecture(strategy)["metrics"]["gmacs"]
+
+
+def test_a_positive_lambda_exports_fewer_gmacs_than_lambda_zero():
+    _, free = _final_gmacs(GMACsConstraint(lam=0.0))
+    _, priced = _final_gmacs(GMACsConstraint(lam=200.0))
+    assert priced < free
+
+
+def test_a_budget_search_ends_within_five_percent_of_its_target():
+    # 32x32 inputs: a one-pixel step of the first map changes its cost by ~6%, fine enough for +-5%
+    initial = GMACsCost.from_model(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), (1, 32, 32)).initial_gmacs
+    budget = 0.7 * initial
+    _, final = _final_gmacs(GMACsConstraint(budget=budget), epochs=3, size=32)
+    assert math.isclose(final, budget, rel_tol=0.05), (final, budget)
+
+
+@pytest.mark.parametrize("strategy", [DARTS(), Proxyless(), RandomOneShot(), ENAS()], ids=lambda s: type(s).__name__)
+def test_strategies_that_cannot_learn_the_scale_refuse_with_a_reason(strategy):
+    experiment = NasExperiment(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), _evaluator(1), strategy)
+    with pytest.raises(TypeError, match="DynOPoolDARTS"):
+        experiment.run()
+
+
+@pytest.mark.parametrize(
+    ("arch", "message"),
+    [({"schema_version": 2, "input_size": [1, 8, 8], "choices": {}, "scales": {}, "sizes": {}}, "schema version"),
+     ({"schema_version": 1, "choices": {}, "scales": {}, "sizes": {}}, "input_size"),
+     ({"schema_version": 1, "input_size": [1, 8, 8], "choices": {}, "scales": {"a": [0, 1]}, "sizes": {}}, "positive")],
+)
+def test_malformed_architectures_are_refused(tmp_path, arch, message):
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(arch))
+    with pytest.raises(ValueError, match=message):
+        load_architecture(path)
+
+
+def test_an_architecture_from_another_space_is_refused():
+    arch = {"schema_version": 1, "input_size": [1, 12, 12], "choices": {}, "scales": {"elsewhere": [0.5, 0.5]},
+            "sizes": {}}
+    with pytest.raises(ValueError, match="do not match"):
+        build_model(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), arch)
