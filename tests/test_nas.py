@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 from dynopool_nas import DigitsDataset, GMACsCost, count_macs, dynopool_layers
 from search_spaces.cells import DynOPoolCellSpace
 from search_spaces.converted import ConvertedSpace
+from search_spaces.efficientnet import EfficientNetSpace
 from strategies import DynOPoolDARTS, DynOPoolGumbelDARTS, GMACsConstraint
 from strategies.arch import build_model, export_architecture, load_architecture, save_architecture
 
@@ -127,3 +128,13 @@ def test_an_architecture_from_another_space_is_refused():
             "sizes": {}}
     with pytest.raises(ValueError, match="do not match"):
         build_model(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), arch)
+
+
+def test_darts_over_the_efficientnet_space_searches_and_exports():
+    space = EfficientNetSpace(num_classes=10, in_chans=1)
+    strategy = DynOPoolDARTS(input_size=(1, 32, 32), alpha_learning_rate=0.05, constraint=GMACsConstraint(lam=1.0))
+    _search(space, strategy, size=32, train_images=128, batch_size=32)
+    arch = export_architecture(strategy)
+    assert {f"s{i}_kernel" for i in range(7)} <= set(arch["choices"]) and len(arch["scales"]) == 5
+    model = build_model(EfficientNetSpace(num_classes=10, in_chans=1), arch)
+    assert count_macs(model, (1, 32, 32)).gmacs == pytest.approx(arch["metrics"]["gmacs"], rel=0.02)
