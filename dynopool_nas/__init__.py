@@ -6,13 +6,15 @@ This package is plain PyTorch; the NNI integration lives in ``search_spaces`` an
 
 from .convert import dynopool_layers, dynopoolify, param_groups
 from .cost import GMACsCost, MACsReport, count_macs
-from .data import DigitsDataset
+from .data import DATASETS, DataSplits, DigitsDataset, load_dataset
 from .export import FixedDynOPool2d, freeze_dynopools
 from .layer import DynOPool2d
 from .models import create_model
 from .ops import dynopool2d, ste_output_size
 
 __all__ = [
+    "DATASETS",
+    "DataSplits",
     "DigitsDataset",
     "DynOPool2d",
     "FixedDynOPool2d",
@@ -24,6 +26,7 @@ __all__ = [
     "dynopool_layers",
     "dynopoolify",
     "freeze_dynopools",
+    "load_dataset",
     "param_groups",
     "ste_output_size",
 ]
