@@ -6,13 +6,14 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from .convert import dynopool_layers, dynopoolify
 from .cost import GMACsCost, count_macs
-from .data import DigitsDataset
+from .data import DATASETS, DigitsDataset
 from .models import MODELS, create_model, small_cnn
 from .train import EpochResult, fit
 
@@ -69,6 +70,23 @@ def _macs(args: argparse.Namespace) -> None:
     print("feature maps:", _format_sizes(GMACsCost.from_model(converted, input_size).feature_map_sizes()))
 
 
+def _search(args: argparse.Namespace) -> None:
+    from strategies.search import run_search  # NNI is imported only for the commands that use it
+
+    arch, _ = run_search(
+        args.space, args.strategy, args.dataset, args.epochs, args.output, data_dir=args.data_dir,
+        download=args.download, image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.lr,
+        alpha_learning_rate=args.alpha_lr, gmacs_lambda=args.gmacs_lambda, gmacs_budget=args.gmacs_budget,
+        max_train_images=args.max_train_images, seed=args.seed,
+    )
+    metrics = arch["metrics"]
+    print(f"search: {args.space} / {args.strategy} on {args.dataset}, {args.epochs} epochs")
+    print(f"validation top-1 {metrics['default']:.2%} (supernet), derived architecture {metrics['gmacs'] * 1e3:.3f} "
+          f"MMACs, {metrics['params']:,} parameters")
+    print("feature maps:", _format_sizes({name: tuple(size) for name, size in arch["sizes"].items()}))
+    print(f"architecture: {Path(args.output) / 'arch.json'}   weights: {Path(args.output) / 'weights.pt'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynopool-nas", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    search = commands.add_parser("search", help="one-shot NNI search (DARTS / GumbelDARTS) with DynOPool")
+    search.add_argument("--space", default="cells", help="cells, efficientnet, or a model name such as vgg16_cifar")
+    search.add_argument("--strategy", default="darts", choices=("darts", "gumbel-darts"))
+    search.add_argument("--dataset", default="digits", choices=DATASETS)
+    search.add_argument("--data-dir", help="folder of a real data set (cifar100, aircraft, imagefolder)")
+    search.add_argument("--download", action="store_true", help="download the data set into --data-dir")
+    search.add_argument("--epochs", type=int, default=5)
+    search.add_argument("--output", type=Path, default=Path("runs/search"))
+    search.add_argument("--image-size", type=int, default=32)
+    search.add_argument("--batch-size", type=int, default=64)
+    search.add_argument("--lr", type=float, default=0.01, help="learning rate of the weights (Adam)")
+    search.add_argument("--alpha-lr", type=float, default=0.01, help="learning rate of the DynOPool scales")
+    constraint = search.add_mutually_exclusive_group()
+    constraint.add_argument("--gmacs-lambda", type=float, help="lambda of eq. 4.8 (loss per GMAC)")
+    constraint.add_argument("--gmacs-budget", type=float, help="target GMACs per image")
+    search.add_argument("--max-train-images", type=int, help="use only the first N training images")
+    search.add_argument("--seed", type=int, default=0)
     macs = commands.add_parser("macs", help="MACs of a human model and its DynOPool version (fvcore)")
     macs.add_argument("model", choices=sorted(MODELS))
     macs.add_argument("--image-size", type=int, default=224)
@@ -93,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_demo(args.epochs, args.image_size, args.gmacs_lambda, args.batch_size, args.seed, not args.no_progress)
     elif args.command == "macs":
         _macs(args)
+    elif args.command == "search":
+        _search(args)
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -11,6 +11,7 @@ and every spatial size from the DynOPools' straight-through sizes.
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 from typing import Any
 
@@ -169,9 +170,10 @@ class GMACsConstraint:
 
     * ``lam``: the paper's ``lambda * L_GMACs`` added to the architecture loss (eq. 4.8),
       ``L_GMACs`` the supernet's expected GMACs per image;
-    * ``budget``: a target in GMACs per image. After every architecture step all DynOPool scales
-      are multiplied by one common factor, found by bisection on the analytic cost, that brings
-      the expected GMACs to the budget (to the nearest size the rounding allows). Gradient steps
+    * ``budget``: a target in GMACs per image. After every step all DynOPool scales are
+      multiplied by one common factor, found by bisection on the analytic cost, that brings the
+      GMACs of the architecture derived at that moment to the budget (to the nearest size the
+      rounding allows). Gradient steps
       still decide how resolution is spread over the layers and axes; the projection holds the
       total, so no trade-off weight needs tuning.
     """
@@ -185,6 +187,7 @@ class GMACsConstraint:
             raise ValueError(f"budget must be a positive number of GMACs, got {budget!r}")
         self.lam, self.budget = lam, budget
         self.cost: GMACsCost | None = None
+        self._warned = False
 
     def bind(self, cost: GMACsCost) -> GMACsConstraint:
         if self.budget is not None and not _scales(cost):
@@ -213,7 +216,7 @@ class GMACsConstraint:
         def gmacs_at(log_factor: float) -> float:
             for alpha, initial in zip(alphas, start):
                 alpha.copy_(initial * math.exp(log_factor))
-            return float(self.cost())
+            return float(self.cost(hard=True))
 
         low, high = -2.0, 2.0  # larger factor = larger alpha = smaller maps = fewer GMACs
         for _ in range(iterations):
@@ -223,7 +226,15 @@ class GMACsConstraint:
             else:
                 high = middle
         candidates = {abs(gmacs_at(t) / self.budget - 1): t for t in (low, high)}
-        gmacs_at(candidates[min(candidates)])
+        miss = min(candidates)
+        gmacs_at(candidates[miss])
+        if miss > 0.05 and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"GMACs budget {self.budget:g} is out of reach of the DynOPool scales for the current choices "
+                f"(closest: {gmacs_at(candidates[miss]):g} GMACs); raise the budget or change the space",
+                RuntimeWarning, stacklevel=2,
+            )
 
 
 def _scales(cost: GMACsCost) -> list[Any]:

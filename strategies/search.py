@@ -1,0 +1,98 @@
+"""One-shot searches from the command line: ``dynopool-nas search``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from nni.nas.evaluator.pytorch import Classification, DataLoader
+from nni.nas.experiment import NasExperiment
+from torch.utils.data import Subset
+
+from dynopool_nas import load_dataset
+from dynopool_nas.models import MODELS
+
+from .arch import build_model, export_architecture, save_architecture
+from .constraint import GMACsConstraint
+from .darts import DynOPoolDARTS, DynOPoolGumbelDARTS
+
+__all__ = ["SPACES", "STRATEGIES", "make_space", "run_search", "save_weights"]
+
+STRATEGIES = {"darts": DynOPoolDARTS, "gumbel-darts": DynOPoolGumbelDARTS}
+SPACES = ("cells", "efficientnet", *MODELS)
+
+
+def make_space(name: str, num_classes: int, in_chans: int) -> Any:
+    """A search space by name: ``cells``, ``efficientnet`` or a converted model's name."""
+    from search_spaces.cells import DynOPoolCellSpace
+    from search_spaces.converted import ConvertedSpace
+    from search_spaces.efficientnet import EfficientNetSpace
+
+    if name == "cells":
+        return DynOPoolCellSpace(num_classes=num_classes, in_chans=in_chans)
+    if name == "efficientnet":
+        return EfficientNetSpace(num_classes=num_classes, in_chans=in_chans)
+    if name in MODELS:
+        return ConvertedSpace(name, num_classes=num_classes, in_chans=in_chans)
+    raise ValueError(f"unknown space {name!r}; choose one of {SPACES}")
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> Path:
+    """``model``'s state dict, written atomically (loadable with ``weights_only=True``)."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        torch.save(model.state_dict(), handle)
+    os.replace(handle.name, path)
+    return path
+
+
+def run_search(
+    space: str,
+    strategy: str,
+    dataset: str,
+    epochs: int,
+    output: str | Path,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    image_size: int = 32,
+    batch_size: int = 64,
+    learning_rate: float = 0.01,
+    alpha_learning_rate: float = 0.01,
+    gmacs_lambda: float | None = None,
+    gmacs_budget: float | None = None,
+    max_train_images: int | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Search ``space`` with ``strategy`` on ``dataset``; write ``output/arch.json`` and the derived
+    model's weights ``output/weights.pt`` (taken from the supernet); return both."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    torch.manual_seed(seed)
+    splits = load_dataset(dataset, image_size=image_size, root=data_dir, download=download, seed=seed)
+    train = splits.train if max_train_images is None else Subset(splits.train, range(max_train_images))
+    constraint = None
+    if gmacs_lambda is not None or gmacs_budget is not None:
+        constraint = GMACsConstraint(lam=gmacs_lambda, budget=gmacs_budget)
+    search_space = make_space(space, splits.num_classes, splits.in_chans)
+    evaluator = Classification(
+        train_dataloaders=DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True),
+        val_dataloaders=DataLoader(splits.val, batch_size=256),
+        max_epochs=epochs, num_classes=splits.num_classes, learning_rate=learning_rate,
+        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
+    )
+    search = STRATEGIES[strategy](
+        input_size=(splits.in_chans, image_size, image_size), alpha_learning_rate=alpha_learning_rate,
+        constraint=constraint,
+    )
+    NasExperiment(search_space, evaluator, search).run()
+    arch = export_architecture(search)
+    output = Path(output)
+    save_architecture(arch, output / "arch.json")
+    model = build_model(search.supernet, arch)
+    save_weights(model, output / "weights.pt")
+    return arch, model
