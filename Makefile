@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dynopool-nas demo
+	$(VENV)/bin/dynopool-nas quick
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -87,6 +87,12 @@ def _search(args: argparse.Namespace) -> None:
     print(f"architecture: {Path(args.output) / 'arch.json'}   weights: {Path(args.output) / 'weights.pt'}")
 
 
+def _quick(args: argparse.Namespace) -> None:
+    from strategies.quick import run_quick
+
+    run_quick(args.output, port=args.port, max_trials=args.max_trials, epochs=args.epochs, keep=args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynopool-nas", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     constraint.add_argument("--gmacs-budget", type=float, help="target GMACs per image")
     search.add_argument("--max-train-images", type=int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=0)
+    quick = commands.add_parser("quick", help="the quick-start nnictl experiment (experiments/quick.yml)")
+    quick.add_argument("--output", type=Path, default=Path("runs/quick"))
+    quick.add_argument("--port", type=int, help="web UI port (default: a free one)")
+    quick.add_argument("--max-trials", type=int, help="override maxTrialNumber")
+    quick.add_argument("--epochs", type=int, help="override the trial's epochs")
+    quick.add_argument("--keep", action="store_true", help="leave the experiment running for its web UI")
     macs = commands.add_parser("macs", help="MACs of a human model and its DynOPool version (fvcore)")
     macs.add_argument("model", choices=sorted(MODELS))
     macs.add_argument("--image-size", type=int, default=224)
@@ -130,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _macs(args)
     elif args.command == "search":
         _search(args)
+    elif args.command == "quick":
+        _quick(args)
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 

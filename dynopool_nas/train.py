@@ -55,12 +55,14 @@ def fit(
     gmacs_lambda: float = 0.0,
     progress: bool = True,
     on_epoch: Callable[[EpochResult], Any] | None = None,
+    after_step: Callable[[], Any] | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` with SGD on ``L_task + gmacs_lambda * L_GMACs`` (eq. 4.8).
 
     Weights and DynOPool scales share one SGD optimizer with separate parameter groups
     (:func:`~dynopool_nas.param_groups`); the learning rate follows a cosine schedule.
-    ``on_epoch`` receives each epoch's :class:`EpochResult`.
+    ``on_epoch`` receives each epoch's :class:`EpochResult`; ``after_step`` runs after every
+    optimizer step (a GMACs budget's projection, for instance).
     """
     optimizer = torch.optim.SGD(
         param_groups(model, lr=lr, alpha_lr=alpha_lr, weight_decay=weight_decay), momentum=0.9, nesterov=True
@@ -78,6 +80,8 @@ def fit(
             total.backward()
             optimizer.step()
             scheduler.step()
+            if after_step is not None:
+                after_step()
             running = running.to(loss.device) + loss.detach() * labels.numel()
             seen += labels.numel()
             if progress and step % 10 == 0:  # reading the loss synchronizes with the device

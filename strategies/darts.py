@@ -28,6 +28,7 @@ from torch import nn
 from dynopool_nas.cost import GMACsCost
 
 from .constraint import GMACsConstraint, derived_parameter_count, supernet_cost
+from .report import trial_metrics
 from .supernet import DynOPoolSupernet
 
 __all__ = ["DynOPoolDARTS", "DynOPoolGumbelDARTS"]
@@ -90,14 +91,11 @@ class _DynOPoolSearchModule:
         """What is reported to NNI: validation top-1 as ``'default'`` and the derived cost."""
         assert self.cost is not None
         with torch.no_grad():
-            result: dict[str, Any] = {
-                "default": self._validation_top1(),
-                "gmacs": float(self.cost(hard=True)),
-                "expected_gmacs": float(self.cost()),
-                "params": derived_parameter_count(self.model, self.cost.gates),
-            }
-        for name, (height, width) in self.cost.feature_map_sizes().items():
-            result[f"{name}.h"], result[f"{name}.w"] = height, width
+            result = trial_metrics(
+                self._validation_top1(), float(self.cost(hard=True)),
+                derived_parameter_count(self.model, self.cost.gates), self.cost.feature_map_sizes(),
+            )
+            result["expected_gmacs"] = float(self.cost())
         return result
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:

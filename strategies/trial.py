@@ -1,0 +1,105 @@
+"""One trial of a trial-based NNI experiment (``nnictl create``).
+
+The tuner's parameters are the space's categorical choices (labels missing from them take
+their defaults) and training settings (:data:`SETTINGS`). The trial freezes the space at those
+choices, trains it with every DynOPool learning its scale inside the trial, and reports
+``'default'`` (validation top-1) with ``'gmacs'``, ``'params'`` and the feature-map sizes after
+every epoch and at the end. The trained architecture and weights go to the trial's output
+folder (``NNI_OUTPUT_DIR``), for ``dynopool-nas export``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import nni
+import torch
+from torch.utils.data import DataLoader
+
+from dynopool_nas import GMACsCost, dynopool_layers, load_dataset
+from dynopool_nas.train import EpochResult, fit
+
+from .arch import SCHEMA_VERSION, save_architecture
+from .constraint import GMACsConstraint
+from .report import trial_metrics
+from .search import make_space, save_weights
+
+__all__ = ["SETTINGS", "run_trial"]
+
+SETTINGS = {
+    "gmacs_lambda": 0.0,  # lambda of eq. 4.8
+    "gmacs_budget": None,  # GMACs per image, held by a projection of the scales after every step
+    "lr": 0.05,
+    "alpha_lr": 0.005,
+    "scale": 0.5,  # initial scale of every DynOPool of the cell and EfficientNet spaces
+}
+
+
+def _split(params: dict[str, Any], labels: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    unknown = sorted(set(params) - set(labels) - set(SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"unknown parameters {unknown}: a trial takes the space's labels {sorted(labels)} and the settings "
+            f"{sorted(SETTINGS)}; fix the search space file"
+        )
+    settings = {key: params.get(key, default) for key, default in SETTINGS.items()}
+    choices = {label: params.get(label, mutable.default()) for label, mutable in labels.items()}
+    if not settings["scale"] > 0:
+        raise ValueError(f"setting 'scale' must be a positive initial scale, got {settings['scale']!r}")
+    return choices, settings
+
+
+def run_trial(
+    params: dict[str, Any],
+    *,
+    space: str = "cells",
+    dataset: str = "digits",
+    epochs: int = 3,
+    image_size: int = 16,
+    batch_size: int = 64,
+    data_dir: str | None = None,
+    output_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train the architecture ``params`` choose and report to NNI; return the final metrics."""
+    splits = load_dataset(dataset, image_size=image_size, root=data_dir)
+    space_model = make_space(space, splits.num_classes, splits.in_chans)
+    choices, settings = _split(params, space_model.simplify())
+    model = space_model.freeze(choices)
+    if space in ("cells", "efficientnet"):
+        with torch.no_grad():
+            for _, layer in dynopool_layers(model):
+                layer.alpha.fill_(1.0 / settings["scale"])
+    input_size = (splits.in_chans, image_size, image_size)
+    cost = GMACsCost.from_model(model, input_size)
+    constraint = GMACsConstraint(budget=settings["gmacs_budget"]).bind(cost) if settings["gmacs_budget"] else None
+    parameters = sum(p.numel() for p in model.parameters())
+    history: list[dict[str, Any]] = []
+
+    def report(result: EpochResult) -> None:
+        history.append(trial_metrics(result.val_accuracy, result.gmacs, parameters, result.sizes))
+        nni.report_intermediate_result(history[-1])
+
+    fit(
+        model,
+        DataLoader(splits.train, batch_size=batch_size, shuffle=True, drop_last=True),
+        DataLoader(splits.val, batch_size=256),
+        cost,
+        epochs=epochs, lr=settings["lr"], alpha_lr=settings["alpha_lr"], gmacs_lambda=settings["gmacs_lambda"],
+        progress=False, on_epoch=report, after_step=constraint.project if constraint else None,
+    )
+    nni.report_final_result(history[-1])
+    output = Path(output_dir or os.environ.get("NNI_OUTPUT_DIR", "."))
+    output.mkdir(parents=True, exist_ok=True)
+    save_architecture({
+        "schema_version": SCHEMA_VERSION,
+        "input_size": list(input_size),
+        "choices": choices,
+        "scales": {layer.name: list(layer.scale) for _, layer in dynopool_layers(model)},
+        "sizes": {name: list(size) for name, size in cost.feature_map_sizes().items()},
+        "metrics": {k: history[-1][k] for k in ("default", "gmacs", "params")},
+        "space": space,
+    }, output / "arch.json")
+    save_weights(model, output / "weights.pt")
+    return history[-1]

@@ -1,0 +1,84 @@
+"""A real ``nnictl create`` experiment on the local training service, on loopback."""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from nni.experiment import Experiment
+
+REPO = Path(__file__).resolve().parents[1]
+NNICTL = Path(sys.executable).with_name("nnictl")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _nnictl(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(NNICTL), *arguments], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture()
+def experiment_config(tmp_path):
+    """The quick config, shrunk: two trials, one of which fails on purpose (a negative scale)."""
+    config = yaml.safe_load((REPO / "experiments" / "quick.yml").read_text())
+    (tmp_path / "space.json").write_text('{"scale": {"_type": "choice", "_value": [0.5, -1.0]}}')
+    config.update(
+        searchSpaceFile=str(tmp_path / "space.json"),
+        trialCommand=f"{sys.executable} trial.py --space cells --dataset digits --epochs 1 --image-size 12",
+        trialCodeDirectory=str(REPO / "experiments"),
+        maxTrialNumber=2,
+        tuner={"name": "GridSearch"},
+        experimentWorkingDirectory=str(tmp_path / "work"),
+    )
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_quick_config_runs_with_nnictl_and_reports_gmacs(experiment_config):
+    port = _free_port()
+    created = _nnictl("create", "--config", str(experiment_config), "--port", str(port))
+    assert created.returncode == 0, created.stderr
+    experiment = Experiment.connect(port)
+    try:
+        deadline = time.monotonic() + 300
+        while experiment.get_status() not in ("DONE", "ERROR", "STOPPED") and time.monotonic() < deadline:
+            time.sleep(3)
+        assert experiment.get_status() == "DONE"
+        trials = {trial.trialJobId: trial for trial in experiment.list_trial_jobs()}
+        statuses = sorted(trial.status for trial in trials.values())
+        assert statuses == ["FAILED", "SUCCEEDED"]
+        succeeded = next(t for t in trials.values() if t.status == "SUCCEEDED")
+        final = succeeded.finalMetricData[0].data
+        assert {"default", "gmacs", "params", "reduce1.h", "reduce2.w"} <= set(final)
+        intermediates = experiment.get_job_metrics()[succeeded.trialJobId]
+        assert all("gmacs" in metric.data for metric in intermediates)
+        trial_dir = next(experiment_config.parent.glob(f"work/*/environments/*/trials/{succeeded.trialJobId}"))
+        assert (trial_dir / "arch.json").is_file() and (trial_dir / "weights.pt").is_file()
+        failed = next(t for t in trials.values() if t.status == "FAILED")
+        stderr = next(experiment_config.parent.glob(f"work/*/environments/*/trials/{failed.trialJobId}/trial.stderr"))
+        assert "setting 'scale' must be a positive" in stderr.read_text()
+    finally:
+        stopped = _nnictl("stop", experiment.id)
+    assert stopped.returncode == 0 and "success" in (stopped.stdout + stopped.stderr).lower()
+
+
+def test_quick_command_runs_the_quick_config_and_keeps_the_best_trial(tmp_path, capsys):
+    from strategies.arch import load_architecture
+    from strategies.quick import run_quick
+
+    table = run_quick(tmp_path, max_trials=2, epochs=1)
+    out = capsys.readouterr().out
+    assert len(table) == 2 and set(table["status"]) == {"SUCCEEDED"}
+    assert table["top1"].is_monotonic_decreasing and (table["gmacs"] > 0).all()
+    assert "NNI web UI: http://127.0.0.1:" in out and "experiment stopped" in out
+    arch = load_architecture(tmp_path / "best" / "arch.json")
+    assert arch["metrics"]["default"] == table["top1"].iloc[0]
+    assert (tmp_path / "best" / "weights.pt").is_file()
