@@ -93,6 +93,14 @@ def _quick(args: argparse.Namespace) -> None:
     run_quick(args.output, port=args.port, max_trials=args.max_trials, epochs=args.epochs, keep=args.keep)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from strategies.standalone import run_export
+
+    table = run_export(args.source, args.output, front=args.front)
+    print(table.to_string(index=False))
+    print(f"exported {len(table)} model(s) to {args.output} (model.pt: TorchScript, model.onnx, weights.pt, arch.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynopool-nas", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--max-trials", type=int, help="override maxTrialNumber")
     quick.add_argument("--epochs", type=int, help="override the trial's epochs")
     quick.add_argument("--keep", action="store_true", help="leave the experiment running for its web UI")
+    export = commands.add_parser("export", help="standalone TorchScript/ONNX models of discovered architectures")
+    export.add_argument("source", type=Path, help="a search output, a trial folder or an nnictl experiment folder")
+    export.add_argument("--output", type=Path, default=Path("runs/export"))
+    export.add_argument("--front", action="store_true", help="export the accuracy/GMACs Pareto front, not the best")
     macs = commands.add_parser("macs", help="MACs of a human model and its DynOPool version (fvcore)")
     macs.add_argument("model", choices=sorted(MODELS))
     macs.add_argument("--image-size", type=int, default=224)
@@ -144,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _search(args)
     elif args.command == "quick":
         _quick(args)
+    elif args.command == "export":
+        _export(args)
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 

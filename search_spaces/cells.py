@@ -5,8 +5,9 @@ nodes: ``n0 = op(s0) + op(s1)``, ``n1 = op(s1) + op(n0)``, each ``op`` a ``Layer
 3x3 conv-BN-ReLU, 3x3 separable conv, 3x3 max pool, 3x3 average pool and identity, all at
 stride 1; the cell outputs ``n0 + n1``. Cells are stacked in stages by ``Repeat`` with a
 searchable depth, and the width is a searchable choice shared by every layer. Between stages
-one :class:`~dynopool_nas.DynOPool2d` resizes both cell inputs: a single module, so both
-inputs of the next cell share one alpha and always agree in size.
+one :class:`~dynopool_nas.DynOPool2d` resizes both cell inputs at once, so they share one alpha
+and always agree in size. The pair travels as one stacked tensor ``(2, N, C, H, W)``, which keeps
+every module a plain tensor-to-tensor map (TorchScript, ONNX).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import nni
+import torch
 from nni.nas.nn.pytorch import LayerChoice, MutableBatchNorm2d, MutableConv2d, MutableLinear, Repeat
 from torch import Tensor, nn
 
@@ -22,8 +24,6 @@ from dynopool_nas import DynOPool2d
 from .base import DynOPoolSpace
 
 __all__ = ["DynOPoolCellSpace"]
-
-Pair = tuple[Tensor, Tensor]
 
 
 def _conv_bn_relu(width: object, groups: object = 1) -> nn.Sequential:
@@ -56,11 +56,11 @@ class _Cell(nn.Module):
         self.s1_to_n1 = _operation(width, f"{label}_s1_n1")
         self.n0_to_n1 = _operation(width, f"{label}_n0_n1")
 
-    def forward(self, inputs: Pair) -> Pair:
-        s0, s1 = inputs
+    def forward(self, pair: Tensor) -> Tensor:
+        s0, s1 = pair[0], pair[1]
         n0 = self.s0_to_n0(s0) + self.s1_to_n0(s1)
         n1 = self.s1_to_n1(s1) + self.n0_to_n1(n0)
-        return s1, n0 + n1
+        return torch.stack([s1, n0 + n1])
 
 
 class _Reduce(nn.Module):
@@ -70,8 +70,8 @@ class _Reduce(nn.Module):
         super().__init__()
         self.pool = pool
 
-    def forward(self, inputs: Pair) -> Pair:
-        return self.pool(inputs[0]), self.pool(inputs[1])
+    def forward(self, pair: Tensor) -> Tensor:
+        return self.pool(pair.flatten(0, 1)).unflatten(0, (2, -1))
 
 
 class DynOPoolCellSpace(DynOPoolSpace):
@@ -116,5 +116,5 @@ class DynOPoolCellSpace(DynOPoolSpace):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
-        _, x = self.stages((x, x))
+        x = self.stages(torch.stack([x, x]))[1]
         return self.classifier(self.pool(x).flatten(1))

@@ -49,6 +49,7 @@ def save_architecture(arch: dict[str, Any], path: str | Path) -> Path:
         json.dump(arch, handle, indent=2, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
+    os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
     return path
 

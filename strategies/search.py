@@ -44,6 +44,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> Path:
     """``model``'s state dict, written atomically (loadable with ``weights_only=True``)."""
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         torch.save(model.state_dict(), handle)
+    os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
     return path
 
@@ -90,7 +91,7 @@ def run_search(
         constraint=constraint,
     )
     NasExperiment(search_space, evaluator, search).run()
-    arch = export_architecture(search)
+    arch = export_architecture(search) | {"space": space, "num_classes": splits.num_classes}
     output = Path(output)
     save_architecture(arch, output / "arch.json")
     model = build_model(search.supernet, arch)

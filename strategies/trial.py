@@ -100,6 +100,7 @@ def run_trial(
         "sizes": {name: list(size) for name, size in cost.feature_map_sizes().items()},
         "metrics": {k: history[-1][k] for k in ("default", "gmacs", "params")},
         "space": space,
+        "num_classes": splits.num_classes,
     }, output / "arch.json")
     save_weights(model, output / "weights.pt")
     return history[-1]

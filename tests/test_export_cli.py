@@ -1,0 +1,67 @@
+import json
+import logging
+
+import onnx
+import pandas as pd
+import pytest
+import torch
+
+from dynopool_nas.cli import main
+from strategies.search import run_search
+from strategies.standalone import pareto_front, run_export, standalone_model
+
+
+@pytest.fixture(autouse=True)
+def _quiet_nni():
+    logging.getLogger("nni").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("searches")
+    models = {}
+    for seed, space in ((0, "cells"), (1, "small_cnn")):
+        arch, model = run_search(space, "darts", "digits", epochs=1, output=root / space, image_size=12,
+                                 batch_size=32, max_train_images=128, seed=seed)
+        models[space] = (arch, model)
+    return root, models
+
+
+def test_exported_torchscript_and_onnx_compute_what_the_search_derived(searched, tmp_path, capsys):
+    root, models = searched
+    assert main(["export", str(root / "cells"), "--output", str(tmp_path)]) == 0
+    assert "exported 1 model" in capsys.readouterr().out
+    folder = next(tmp_path.glob("00_*"))
+    scripted = torch.jit.load(str(folder / "model.pt"))
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        expected = models["cells"][1].eval()(x)
+        assert torch.allclose(scripted(x), expected, atol=1e-5, rtol=1e-5)
+    onnx.checker.check_model(onnx.load(str(folder / "model.onnx")))
+    assert json.loads((folder / "arch.json").read_text())["schema_version"] == 1
+    assert len(pd.read_csv(tmp_path / "exported.csv")) == 1
+
+
+def test_front_export_covers_every_non_dominated_search(searched, tmp_path):
+    root, _ = searched
+    table = run_export(root, tmp_path, front=True)
+    assert 1 <= len(table) <= 2 and all((tmp_path / f).is_dir() for f in table["export"])
+
+
+def test_pareto_front_keeps_only_non_dominated_rows():
+    table = pd.DataFrame({"top1": [0.9, 0.8, 0.85, 0.7], "gmacs": [2.0, 1.0, 2.5, 1.0], "folder": list("abcd")})
+    assert list(pareto_front(table)["folder"]) == ["b", "a"]
+
+
+def test_weights_of_another_architecture_are_refused(searched):
+    root, _ = searched
+    arch = json.loads((root / "cells" / "arch.json").read_text())
+    with pytest.raises(ValueError, match="does not match"):
+        standalone_model(arch, root / "small_cnn" / "weights.pt")
+    with pytest.raises(ValueError, match="lacks"):
+        standalone_model({k: v for k, v in arch.items() if k != "space"}, root / "cells" / "weights.pt")
+
+
+def test_export_of_a_folder_without_architectures_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no arch\.json"):
+        run_export(tmp_path, tmp_path / "out")
