@@ -101,6 +101,17 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported {len(table)} model(s) to {args.output} (model.pt: TorchScript, model.onnx, weights.pt, arch.json)")
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from strategies.compare import run_compare
+
+    table = run_compare(args.architectures, args.output, dataset=args.dataset, epochs=args.epochs,
+                        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, data_dir=args.data_dir,
+                        max_train_images=args.max_train_images, seed=args.seed)
+    print(table.to_string(index=False))
+    print(f"table: {args.output / 'comparison.csv'}, {args.output / 'comparison.md'}; plot: "
+          f"{args.output / 'comparison.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynopool-nas", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("source", type=Path, help="a search output, a trial folder or an nnictl experiment folder")
     export.add_argument("--output", type=Path, default=Path("runs/export"))
     export.add_argument("--front", action="store_true", help="export the accuracy/GMACs Pareto front, not the best")
+    compare = commands.add_parser("compare", help="discovered architectures vs EfficientNet-B0/B1, one recipe")
+    compare.add_argument("architectures", nargs="*", type=Path, help="arch.json files or folders holding one")
+    compare.add_argument("--output", type=Path, default=Path("runs/compare"))
+    compare.add_argument("--dataset", default="digits", choices=DATASETS)
+    compare.add_argument("--data-dir")
+    compare.add_argument("--epochs", type=int, default=5)
+    compare.add_argument("--image-size", type=int, default=32)
+    compare.add_argument("--batch-size", type=int, default=64)
+    compare.add_argument("--lr", type=float, default=0.05)
+    compare.add_argument("--max-train-images", type=int)
+    compare.add_argument("--seed", type=int, default=0)
     macs = commands.add_parser("macs", help="MACs of a human model and its DynOPool version (fvcore)")
     macs.add_argument("model", choices=sorted(MODELS))
     macs.add_argument("--image-size", type=int, default=224)
@@ -158,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quick(args)
     elif args.command == "export":
         _export(args)
+    elif args.command == "compare":
+        _compare(args)
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 

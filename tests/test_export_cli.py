@@ -65,3 +65,16 @@ def test_weights_of_another_architecture_are_refused(searched):
 def test_export_of_a_folder_without_architectures_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no arch\.json"):
         run_export(tmp_path, tmp_path / "out")
+
+
+def test_compare_trains_the_baselines_and_the_discovered_architecture(searched, tmp_path, capsys):
+    root, _ = searched
+    assert main(["compare", str(root / "cells"), "--output", str(tmp_path), "--epochs", "1", "--image-size", "16",
+                 "--max-train-images", "128", "--batch-size", "32"]) == 0
+    table = pd.read_csv(tmp_path / "comparison.csv")
+    assert list(table["model"]) == ["efficientnet_b0", "efficientnet_b1", "dynopool:cells"]
+    assert (table["gmacs"] > 0).all() and (table["cpu_latency_ms"] > 0).all()
+    assert table["params"].iloc[1] > table["params"].iloc[0] > table["params"].iloc[2]
+    assert "| efficientnet_b1" in (tmp_path / "comparison.md").read_text()
+    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "comparison.png" in capsys.readouterr().out
