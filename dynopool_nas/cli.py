@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -169,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for noisy in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     start = time.perf_counter()
     if args.command == "demo":
         run_demo(args.epochs, args.image_size, args.gmacs_lambda, args.batch_size, args.seed, not args.no_progress)

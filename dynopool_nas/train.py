@@ -1,4 +1,5 @@
-"""A plain training loop for DynOPool models: task loss plus ``lambda * L_GMACs`` (eq. 4.8)."""
+"""Training DynOPool models: task loss plus ``lambda * L_GMACs`` (eq. 4.8), with PyTorch
+Lightning, so that one flag (``devices``) turns a run into a multi-GPU DDP run."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .convert import param_groups
 from .cost import GMACsCost
@@ -34,12 +35,85 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
     """Top-1 accuracy of ``model`` on ``loader``."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = total = 0
     for images, labels in loader:
-        correct += (model(images).argmax(dim=1) == labels).sum().item()
+        correct += (model(images.to(device)).argmax(dim=1) == labels.to(device)).sum().item()
         total += labels.numel()
     model.train(was_training)
     return correct / max(total, 1)
+
+
+class _DynOPoolTraining(pl.LightningModule):
+    """SGD with separate parameter groups for weights and DynOPool scales, a cosine schedule per
+    step, and validation top-1 gathered over every process."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cost: GMACsCost,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        lr: float,
+        alpha_lr: float | None,
+        weight_decay: float,
+        gmacs_lambda: float,
+        on_epoch: Callable[[EpochResult], Any] | None,
+        after_step: Callable[[], Any] | None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cost = cost
+        self.settings = {"epochs": epochs, "steps": steps_per_epoch, "lr": lr, "alpha_lr": alpha_lr,
+                         "weight_decay": weight_decay, "gmacs_lambda": gmacs_lambda}
+        self.on_epoch, self.after_step = on_epoch, after_step
+        self.history: list[EpochResult] = []
+        self._correct = self._seen = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self.model(images), labels)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        lam = self.settings["gmacs_lambda"]
+        return loss + lam * self.cost() if lam else loss
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        if self.after_step is not None:
+            self.after_step()
+
+    def on_validation_epoch_start(self) -> None:
+        self._correct = self._seen = 0
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        self._correct += (self.model(images).argmax(dim=1) == labels).sum().item()
+        self._seen += labels.numel()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        counts = self.trainer.strategy.reduce(torch.tensor([self._correct, self._seen], device=self.device,
+                                                           dtype=torch.float64), reduce_op="sum")
+        metrics = self.trainer.callback_metrics
+        snapshot = self.cost.snapshot()
+        result = EpochResult(self.current_epoch + 1, float(metrics.get("train_loss", float("nan"))),
+                             float(counts[0] / counts[1].clamp_min(1)), **snapshot)
+        self.history.append(result)
+        if self.on_epoch is not None and self.trainer.is_global_zero:
+            self.on_epoch(result)
+
+    def configure_optimizers(self) -> Any:
+        s = self.settings
+        optimizer = torch.optim.SGD(
+            param_groups(self.model, lr=s["lr"], alpha_lr=s["alpha_lr"], weight_decay=s["weight_decay"]),
+            momentum=0.9, nesterov=True,
+        )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s["epochs"] * s["steps"], 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def fit(
@@ -56,39 +130,29 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[EpochResult], Any] | None = None,
     after_step: Callable[[], Any] | None = None,
+    devices: int = 1,
+    accelerator: str = "auto",
 ) -> list[EpochResult]:
     """Train ``model`` with SGD on ``L_task + gmacs_lambda * L_GMACs`` (eq. 4.8).
 
     Weights and DynOPool scales share one SGD optimizer with separate parameter groups
     (:func:`~dynopool_nas.param_groups`); the learning rate follows a cosine schedule.
-    ``on_epoch`` receives each epoch's :class:`EpochResult`; ``after_step`` runs after every
-    optimizer step (a GMACs budget's projection, for instance).
+    ``on_epoch`` receives each epoch's :class:`EpochResult` (on the first process only);
+    ``after_step`` runs after every optimizer step (a GMACs budget's projection, for instance).
+    ``devices > 1`` trains data-parallel (Lightning DDP, one process per device); the script
+    is then started once per device, so keep the call under ``if __name__ == "__main__"``, and
+    only the first process gets the history (the others get an empty list).
     """
-    optimizer = torch.optim.SGD(
-        param_groups(model, lr=lr, alpha_lr=alpha_lr, weight_decay=weight_decay), momentum=0.9, nesterov=True
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    module = _DynOPoolTraining(
+        model, cost, epochs=epochs, steps_per_epoch=len(train_loader), lr=lr, alpha_lr=alpha_lr,
+        weight_decay=weight_decay, gmacs_lambda=gmacs_lambda, on_epoch=on_epoch, after_step=after_step,
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs * len(train_loader), 1))
-    history: list[EpochResult] = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        running, seen = torch.zeros(()), 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        for step, (images, labels) in enumerate(bar):
-            loss = F.cross_entropy(model(images), labels)
-            total = loss + gmacs_lambda * cost() if gmacs_lambda else loss
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            scheduler.step()
-            if after_step is not None:
-                after_step()
-            running = running.to(loss.device) + loss.detach() * labels.numel()
-            seen += labels.numel()
-            if progress and step % 10 == 0:  # reading the loss synchronizes with the device
-                bar.set_postfix(loss=f"{running.item() / seen:.3f}")
-        snapshot = cost.snapshot()
-        result = EpochResult(epoch, running.item() / max(seen, 1), evaluate(model, val_loader), **snapshot)
-        history.append(result)
-        if on_epoch is not None:
-            on_epoch(result)
-    return history
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
+        enable_progress_bar=progress, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_loader, val_loader)
+    return module.history if trainer.is_global_zero else []

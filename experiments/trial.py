@@ -22,15 +22,19 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--devices", type=int, default=1, help="GPUs (or CPU processes) per trial: DDP when > 1")
+    parser.add_argument("--accelerator", default="auto", help="auto, gpu or cpu")
     args = parser.parse_args()
     params = nni.get_next_parameter() or {}
     try:
         final = run_trial(params, space=args.space, dataset=args.dataset, epochs=args.epochs,
-                          image_size=args.image_size, batch_size=args.batch_size, data_dir=args.data_dir)
+                          image_size=args.image_size, batch_size=args.batch_size, data_dir=args.data_dir,
+                          devices=args.devices, accelerator=args.accelerator)
     except Exception as error:
         print(f"trial failed with parameters {params}: {type(error).__name__}: {error}", file=sys.stderr)
         raise
-    print(f"trial finished: {final}")
+    if final:
+        print(f"trial finished: {final}")
     return 0
 
 

@@ -71,12 +71,24 @@ def write_standalone(arch: dict[str, Any], weights: str | Path, output: str | Pa
     return output
 
 
+def _resolve(source: str | Path) -> Path:
+    """A folder as given, or an nnictl experiment id looked up where NNI keeps experiments
+    (``~/nni-experiments``, ``$NNI_EXPERIMENTS_DIR``) and under ``runs/``."""
+    path = Path(source)
+    if path.exists():
+        return path
+    roots = [Path(os.environ.get("NNI_EXPERIMENTS_DIR", Path.home() / "nni-experiments")), Path("runs")]
+    for root in roots:
+        found = [p for p in root.rglob(str(source)) if p.is_dir()] if root.is_dir() else []
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"{source} is neither a folder nor an experiment id found under {[str(r) for r in roots]}")
+
+
 def collect_architectures(source: str | Path) -> pd.DataFrame:
-    """Every exported architecture under ``source`` (a search output, a trial folder, or a whole
-    nnictl experiment folder): one row each with its metrics and folder."""
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist; pass a search output or an experiment folder")
+    """Every exported architecture under ``source`` (a search output, a trial folder, a whole
+    nnictl experiment folder, or an experiment id): one row each with its metrics and folder."""
+    source = _resolve(source)
     rows = []
     for path in sorted(source.rglob("arch.json")):
         if not (path.parent / "weights.pt").is_file():

@@ -61,8 +61,12 @@ def run_trial(
     batch_size: int = 64,
     data_dir: str | None = None,
     output_dir: str | Path | None = None,
+    devices: int = 1,
+    accelerator: str = "auto",
 ) -> dict[str, Any]:
-    """Train the architecture ``params`` choose and report to NNI; return the final metrics."""
+    """Train the architecture ``params`` choose and report to NNI; return the final metrics
+    (``devices > 1``: Lightning DDP; only the first process reports and saves, the others
+    return an empty dict)."""
     splits = load_dataset(dataset, image_size=image_size, root=data_dir)
     space_model = make_space(space, splits.num_classes, splits.in_chans)
     choices, settings = _split(params, space_model.simplify())
@@ -88,7 +92,10 @@ def run_trial(
         cost,
         epochs=epochs, lr=settings["lr"], alpha_lr=settings["alpha_lr"], gmacs_lambda=settings["gmacs_lambda"],
         progress=False, on_epoch=report, after_step=constraint.project if constraint else None,
+        devices=devices, accelerator=accelerator,
     )
+    if not history:
+        return {}
     nni.report_final_result(history[-1])
     output = Path(output_dir or os.environ.get("NNI_OUTPUT_DIR", "."))
     output.mkdir(parents=True, exist_ok=True)

@@ -78,3 +78,16 @@ def test_compare_trains_the_baselines_and_the_discovered_architecture(searched, 
     assert "| efficientnet_b1" in (tmp_path / "comparison.md").read_text()
     assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "comparison.png" in capsys.readouterr().out
+
+
+def test_an_experiment_is_found_by_its_id(searched, tmp_path, monkeypatch):
+    root, _ = searched
+    experiments = tmp_path / "nni-experiments"
+    (experiments / "abc123" / "trials").mkdir(parents=True)
+    for name in ("arch.json", "weights.pt"):
+        (experiments / "abc123" / "trials" / name).write_bytes((root / "cells" / name).read_bytes())
+    monkeypatch.setenv("NNI_EXPERIMENTS_DIR", str(experiments))
+    table = run_export("abc123", tmp_path / "out")
+    assert len(table) == 1 and "abc123" in table["folder"].iloc[0]
+    with pytest.raises(FileNotFoundError, match="neither a folder nor an experiment id"):
+        run_export("zzz999", tmp_path / "out")
