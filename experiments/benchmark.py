@@ -12,7 +12,6 @@ the project's target ratio and whether this run met it.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dynopool_nas import DynOPool2d, FixedDynOPool2d, GMACsCost, create_model, dynopoolify
+from dynopool_nas._utils import atomic_write
 
 LAYER_SHAPES = [(32, 64, 56, 56), (8, 64, 112, 112), (32, 256, 28, 28)]
 SCALES = [(0.5, 0.5), (0.43, 0.61)]
@@ -172,9 +172,7 @@ def main() -> int:
     table = render(rows, "python " + " ".join(sys.argv))
     print(table)
     if args.write:
-        tmp = args.write.with_suffix(args.write.suffix + ".tmp")
-        tmp.write_text(table)
-        os.replace(tmp, args.write)
+        atomic_write(args.write, lambda path: path.write_text(table))
     return 0
 
 

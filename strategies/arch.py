@@ -4,8 +4,6 @@ scale and the feature-map sizes they give, and the model rebuilt from it."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from torch import nn
 
 from dynopool_nas import dynopool_layers
-from dynopool_nas._utils import eval_mode, example_input
+from dynopool_nas._utils import atomic_write, eval_mode, example_input
 
 from .supernet import SCALE_LABEL_PREFIX
 
@@ -43,15 +41,7 @@ def export_architecture(strategy: Any) -> dict[str, Any]:
 def save_architecture(arch: dict[str, Any], path: str | Path) -> Path:
     """Write ``arch`` as JSON atomically (a crash leaves the previous file intact)."""
     _validate(arch, str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(arch, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
-    return path
+    return atomic_write(path, lambda temporary: temporary.write_text(json.dumps(arch, indent=2, sort_keys=True)))
 
 
 def load_architecture(path: str | Path) -> dict[str, Any]:

@@ -3,13 +3,10 @@ trained under one recipe on one data set (thesis Table 5.3)."""
 
 from __future__ import annotations
 
-import os
 import statistics
-import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import timm
@@ -18,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from dynopool_nas import GMACsCost, count_macs, freeze_dynopools, load_dataset
+from dynopool_nas._utils import atomic_write
 from dynopool_nas.train import fit
 
 from .arch import build_model, load_architecture
@@ -41,14 +39,6 @@ def cpu_latency(model: nn.Module, input_size: tuple[int, int, int], repeats: int
             model(x)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _write(path: Path, write: Any) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=path.suffix, delete=False) as handle:
-        temporary = Path(handle.name)
-    write(temporary)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
 
 
 def _plot(table: pd.DataFrame, path: Path) -> None:
@@ -121,10 +111,10 @@ def run_compare(
     table = pd.DataFrame(rows)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    _write(output / "comparison.csv", lambda p: table.to_csv(p, index=False))
-    _write(output / "comparison.md", lambda p: p.write_text(
+    atomic_write(output / "comparison.csv", lambda p: table.to_csv(p, index=False))
+    atomic_write(output / "comparison.md", lambda p: p.write_text(
         f"Recipe: {dataset} at {image_size}x{image_size}, {epochs} epochs, SGD lr {lr}, batch {batch_size}, "
         f"seed {seed}; latency: one image, {torch.get_num_threads()} CPU threads.\n\n"
         + table.to_markdown(index=False, floatfmt=".4g") + "\n"))
-    _write(output / "comparison.png", lambda p: _plot(table, p))
+    atomic_write(output / "comparison.png", lambda p: _plot(table, p))
     return table

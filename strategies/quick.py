@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from dynopool_nas._utils import atomic_write
+
 __all__ = ["QUICK_CONFIG", "results_table", "run_quick"]
 
 QUICK_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "quick.yml"
@@ -93,8 +95,7 @@ def run_quick(
         trial_dir = next((output / "nni").glob(f"{experiment.id}/environments/*/trials/{trial_id}"))
         (output / "best").mkdir(exist_ok=True)
         for name in ("arch.json", "weights.pt"):
-            shutil.copyfile(trial_dir / name, output / "best" / f".{name}.tmp")
-            (output / "best" / f".{name}.tmp").replace(output / "best" / name)
+            atomic_write(output / "best" / name, lambda path, name=name: shutil.copyfile(trial_dir / name, path))
         best_dir = output / "best"
         print(f"best trial {trial_id}: architecture {best_dir / 'arch.json'}, weights {best_dir / 'weights.pt'}")
     if not keep:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ from nni.nas.experiment import NasExperiment
 from torch.utils.data import Subset
 
 from dynopool_nas import load_dataset
+from dynopool_nas._utils import atomic_write
 from dynopool_nas.models import MODELS
 
 from .arch import build_model, export_architecture, save_architecture
@@ -42,11 +41,7 @@ def make_space(name: str, num_classes: int, in_chans: int) -> Any:
 
 def save_weights(model: torch.nn.Module, path: Path) -> Path:
     """``model``'s state dict, written atomically (loadable with ``weights_only=True``)."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        torch.save(model.state_dict(), handle)
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
-    return path
+    return atomic_write(path, lambda temporary: torch.save(model.state_dict(), temporary))
 
 
 def run_search(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from dynopool_nas import freeze_dynopools
+from dynopool_nas._utils import atomic_write
 
 from .arch import build_model, load_architecture, save_architecture
 from .search import make_space
@@ -40,17 +40,6 @@ def standalone_model(arch: dict[str, Any], weights: str | Path) -> nn.Module:
     return freeze_dynopools(model, input_size).eval()
 
 
-def _atomic(path: Path, write: Any) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_standalone(arch: dict[str, Any], weights: str | Path, output: str | Path) -> Path:
     """Write ``arch.json``, ``weights.pt``, ``model.pt`` (TorchScript) and ``model.onnx`` to
     ``output``; the scripted model's output is checked against the eager one."""
@@ -63,10 +52,9 @@ def write_standalone(arch: dict[str, Any], weights: str | Path, output: str | Pa
         if not torch.allclose(scripted(example), model(example), atol=1e-5, rtol=1e-5):
             raise RuntimeError("the TorchScript model does not reproduce the eager model")
     save_architecture(arch, output / "arch.json")
-    shutil.copyfile(weights, output / ".weights.tmp")
-    os.replace(output / ".weights.tmp", output / "weights.pt")
-    _atomic(output / "model.pt", lambda path: torch.jit.save(scripted, str(path)))
-    _atomic(output / "model.onnx", lambda path: torch.onnx.export(
+    atomic_write(output / "weights.pt", lambda path: shutil.copyfile(weights, path))
+    atomic_write(output / "model.pt", lambda path: torch.jit.save(scripted, str(path)))
+    atomic_write(output / "model.onnx", lambda path: torch.onnx.export(
         model, (example,), str(path), input_names=["images"], output_names=["logits"], dynamo=False))
     return output
 
