@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from dynopool_nas import DynOPool2d
+from dynopool_nas.viz import aggregation_range, plot_aggregation_range, plot_feature_maps
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_feature_map_figure_is_written(tmp_path):
+    path = plot_feature_maps({"human": {"pool1": (16, 16), "pool2": (8, 8)},
+                              "DynOPool": {"pool1": (21, 14), "pool2": (10, 7)}}, tmp_path / "maps.png", (32, 32))
+    assert path.read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="at least one"):
+        plot_feature_maps({}, tmp_path / "none.png")
+
+
+def test_aggregation_range_at_half_scale_is_one_pixel_of_a_2x2_window():
+    contribution = aggregation_range(DynOPool2d(0.5, aggregation="mean"), (8, 8), (1, 2))
+    expected = torch.zeros(8, 8)
+    expected[2:4, 4:6] = 0.25
+    assert torch.allclose(contribution, expected)
+
+
+def test_aggregation_range_follows_the_learned_scale_and_sums_to_one(tmp_path):
+    layer = DynOPool2d((0.43, 0.61), aggregation="mean")
+    contribution = aggregation_range(layer, (12, 12), (2, 3))
+    assert contribution.sum().item() == pytest.approx(1.0)
+    rows = contribution.sum(1).nonzero().flatten()
+    assert rows.min() >= 4 and rows.max() <= 7  # cell 2 of 5 rows covers input rows ~4.8-7.2
+    path = plot_aggregation_range({"DynOPool": contribution}, tmp_path / "range.png", {"DynOPool": layer.output_size})
+    assert path.read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="outside"):
+        aggregation_range(layer, (12, 12), (9, 0))
