@@ -24,5 +24,6 @@ def write_report(name: str, title: str, body: str, started: float, seeds: list[i
         f"Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}  ",
         f"Wall time: {time.perf_counter() - started:.0f} s",
         "",
+        "",
     ]
     return atomic_write(RESULTS / f"{name}.md", lambda path: path.write_text("\n".join(header) + body + "\n"))
