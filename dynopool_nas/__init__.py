@@ -11,6 +11,7 @@ from .export import FixedDynOPool2d, freeze_dynopools
 from .layer import DynOPool2d
 from .models import create_model
 from .ops import dynopool2d, ste_output_size
+from .shape_adaptor import ShapeAdaptor2d, shape_adaptify
 
 __all__ = [
     "DATASETS",
@@ -20,6 +21,7 @@ __all__ = [
     "FixedDynOPool2d",
     "GMACsCost",
     "MACsReport",
+    "ShapeAdaptor2d",
     "count_macs",
     "create_model",
     "dynopool2d",
@@ -28,6 +30,7 @@ __all__ = [
     "freeze_dynopools",
     "load_dataset",
     "param_groups",
+    "shape_adaptify",
     "ste_output_size",
 ]
 __version__ = "0.1.0"

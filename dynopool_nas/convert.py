@@ -258,10 +258,12 @@ def dynopoolify(
 def param_groups(
     model: nn.Module, lr: float, alpha_lr: float | None = None, weight_decay: float = 0.0
 ) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: the weights, and every DynOPool ``alpha`` in a group of
-    its own with a lower learning rate (section 5.2.2, default ``lr / 10``) and no weight
-    decay (decay would pull alpha to 0, i.e. towards huge feature maps)."""
-    alphas = [layer.alpha for _, layer in dynopool_layers(model)]
+    """Optimizer parameter groups: the weights, and every resizer's ``alpha`` (DynOPool's scale,
+    a Shape Adaptor's mixing weight) in a group of its own with a lower learning rate
+    (section 5.2.2, default ``lr / 10``) and no weight decay (decay would pull a DynOPool's
+    alpha to 0, i.e. towards huge feature maps)."""
+    alphas = list({id(m.alpha): m.alpha for m in model.modules() if isinstance(getattr(m, "alpha", None),
+                                                                                nn.Parameter)}.values())
     alpha_ids = {id(a) for a in alphas}
     weights = [p for p in model.parameters() if id(p) not in alpha_ids]
     return [
