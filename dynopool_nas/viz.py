@@ -3,7 +3,7 @@ aggregation range of one output bin (Figure 5.3)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ._utils import atomic_write
 
-__all__ = ["aggregation_range", "plot_aggregation_range", "plot_feature_maps"]
+__all__ = ["aggregation_range", "plot_aggregation_range", "plot_feature_maps", "plot_tradeoff"]
 
 
 def _pyplot():
@@ -93,5 +93,32 @@ def plot_aggregation_range(
         axis.set_title(label, fontsize=10)
         axis.set_xticks([])
         axis.set_yticks([])
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_tradeoff(points: Sequence[Mapping[str, object]], path: str | Path) -> Path:
+    """Accuracy against GMACs (thesis Figure 5.2): one marker per point (keys ``gmacs``,
+    ``top1`` in [0, 1], optional ``label``), points of the same ``series`` joined by a line in
+    order of GMACs."""
+    if not points:
+        raise ValueError("plot_tradeoff needs at least one point")
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    series: dict[str, list[Mapping[str, object]]] = {}
+    for point in points:
+        series.setdefault(str(point.get("series", "")), []).append(point)
+    for name, members in series.items():
+        members = sorted(members, key=lambda p: float(p["gmacs"]))
+        xs, ys = [float(p["gmacs"]) for p in members], [100 * float(p["top1"]) for p in members]
+        axes.plot(xs, ys, marker="o", linestyle="-" if len(members) > 1 else "none", label=name or None)
+        for x, y, point in zip(xs, ys, members):
+            if point.get("label"):
+                axes.annotate(str(point["label"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set_xlabel("GMACs per image")
+    axes.set_ylabel("validation top-1 (%)")
+    axes.grid(alpha=0.3)
+    if any(series):
+        axes.legend(fontsize=8)
     figure.tight_layout()
     return _save(figure, path)

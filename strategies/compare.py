@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from dynopool_nas import GMACsCost, count_macs, freeze_dynopools, load_dataset
 from dynopool_nas._utils import atomic_write
 from dynopool_nas.train import fit
+from dynopool_nas.viz import plot_tradeoff
 
 from .arch import build_model, load_architecture
 from .search import make_space
@@ -39,25 +40,6 @@ def cpu_latency(model: nn.Module, input_size: tuple[int, int, int], repeats: int
             model(x)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _plot(table: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for row in table.itertuples():
-        axes.scatter(row.gmacs, row.top1 * 100, s=40)
-        axes.annotate(row.model, (row.gmacs, row.top1 * 100), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    axes.set_xlabel("GMACs per image (fvcore, DynOPool counted)")
-    axes.set_ylabel("validation top-1 (%)")
-    axes.set_title("accuracy vs GMACs")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120, format="png")
-    plt.close(figure)
 
 
 def run_compare(
@@ -116,5 +98,6 @@ def run_compare(
         f"Recipe: {dataset} at {image_size}x{image_size}, {epochs} epochs, SGD lr {lr}, batch {batch_size}, "
         f"seed {seed}; latency: one image, {torch.get_num_threads()} CPU threads.\n\n"
         + table.to_markdown(index=False, floatfmt=".4g") + "\n"))
-    atomic_write(output / "comparison.png", lambda p: _plot(table, p))
+    plot_tradeoff([{"gmacs": r.gmacs, "top1": r.top1, "label": r.model} for r in table.itertuples()],
+                  output / "comparison.png")
     return table

@@ -32,3 +32,13 @@ def test_aggregation_range_follows_the_learned_scale_and_sums_to_one(tmp_path):
     assert path.read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="outside"):
         aggregation_range(layer, (12, 12), (9, 0))
+
+
+def test_tradeoff_figure_is_written_and_empty_input_refused(tmp_path):
+    from dynopool_nas.viz import plot_tradeoff
+
+    points = [{"series": "human", "gmacs": g, "top1": a, "label": f"{s}px"} for g, a, s in
+              ((0.001, 0.9, 16), (0.003, 0.95, 32))] + [{"series": "DynOPool", "gmacs": 0.002, "top1": 0.96}]
+    assert plot_tradeoff(points, tmp_path / "tradeoff.png").read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="at least one point"):
+        plot_tradeoff([], tmp_path / "none.png")
