@@ -20,7 +20,7 @@ from dynopool_nas.models import small_cnn
 from dynopool_nas.train import fit
 from dynopool_nas.viz import plot_tradeoff
 
-LAMBDAS = (0.0, 1.0, 4.0, 16.0)
+LAMBDAS = (0.0, 30.0, 100.0, 300.0)  # L_GMACs of this model is ~0.003 GMACs: lambda * L comparable to the loss
 RESOLUTIONS = (16, 24, 32, 40)
 DYNOPOOL_SIZE = 32
 SCALE_BOUNDS = (0.15, 2.0)
@@ -71,6 +71,11 @@ def main() -> None:
         summary.to_markdown(index=False, floatfmt=".4g"), "",
         "Does each DynOPool point lie above the human resolution curve (the thesis's Figure 5.2 on CIFAR-100 "
         "shows DynOPool above it at every budget)? " + "; ".join(dominated) + ".", "",
+        f"Every accuracy lies within {100 * (summary['top1_mean'].max() - summary['top1_mean'].min()):.1f} points "
+        f"of every other while the seeds spread by up to {100 * summary['top1_std'].max():.1f} points: the digits "
+        "saturate near 99%, so this run shows that lambda trades GMACs down smoothly "
+        f"({summary['gmacs_mean'].iloc[-len(LAMBDAS)]:.4f} to {summary['gmacs_mean'].iloc[-1]:.4f} GMACs) but "
+        "cannot confirm or refute the accuracy ordering of Figure 5.2.", "",
         "Figure: `figure_5_2.png`.", "",
         "## Every run", "", table.to_markdown(index=False, floatfmt=".4g"),
     ])
