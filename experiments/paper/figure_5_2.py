@@ -6,18 +6,12 @@ input-resolution sweep of the human model, as accuracy vs GMACs.
 
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
 
 import pandas as pd
-import torch
-from _report import RESULTS, write_report
-from torch.utils.data import DataLoader
+from _report import RESULTS, experiment_arguments, train_small_cnn, write_report
 
-from dynopool_nas import GMACsCost, count_macs, dynopoolify, load_dataset
-from dynopool_nas.models import small_cnn
-from dynopool_nas.train import fit
+from dynopool_nas import dynopoolify
 from dynopool_nas.viz import plot_tradeoff
 
 LAMBDAS = (0.0, 30.0, 100.0, 300.0)  # L_GMACs of this model is ~0.003 GMACs: lambda * L comparable to the loss
@@ -28,28 +22,15 @@ SCALE_BOUNDS = (0.15, 2.0)
 
 def run(size: int, gmacs_lambda: float | None, seed: int, epochs: int, alpha_lr: float) -> dict:
     """``gmacs_lambda=None`` trains the human model."""
-    torch.manual_seed(seed)
-    splits = load_dataset("digits", image_size=size, seed=seed)
-    model = small_cnn(num_classes=10, in_chans=1)
-    if gmacs_lambda is not None:
-        model = dynopoolify(model, scale_bounds=SCALE_BOUNDS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        cost = GMACsCost.from_model(model, (1, size, size))
-    history = fit(model, DataLoader(splits.train, batch_size=64, shuffle=True, drop_last=True),
-                  DataLoader(splits.val, batch_size=256), cost, epochs=epochs, alpha_lr=alpha_lr,
-                  gmacs_lambda=gmacs_lambda or 0.0, progress=False)
+    convert = None if gmacs_lambda is None else (lambda model: dynopoolify(model, scale_bounds=SCALE_BOUNDS))
+    _, top1, gmacs, _ = train_small_cnn("digits", size, seed, epochs, convert, gmacs_lambda or 0.0, alpha_lr)
     return {"series": "human (input resolution)" if gmacs_lambda is None else f"DynOPool at {size}x{size} (lambda)",
             "setting": f"{size}px" if gmacs_lambda is None else f"lambda={gmacs_lambda:g}", "seed": seed,
-            "top1": history[-1].val_accuracy, "gmacs": count_macs(model, (1, size, size)).gmacs}
+            "top1": top1, "gmacs": gmacs}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--alpha-lr", type=float, default=0.003)
-    args = parser.parse_args()
+    args = experiment_arguments(__doc__, [0, 1], gmacs_lambda=None)
     started = time.perf_counter()
     rows = [run(size, None, seed, args.epochs, args.alpha_lr) for size in RESOLUTIONS for seed in args.seeds]
     rows += [run(DYNOPOOL_SIZE, lam, seed, args.epochs, args.alpha_lr) for lam in LAMBDAS for seed in args.seeds]

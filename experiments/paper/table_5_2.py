@@ -7,53 +7,35 @@ resizer.
 
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
 
 import pandas as pd
 import torch
-from _report import RESULTS, write_report
-from torch.utils.data import DataLoader
+from _report import RESULTS, experiment_arguments, train_small_cnn, write_report
 
-from dynopool_nas import DynOPool2d, GMACsCost, ShapeAdaptor2d, count_macs, dynopoolify, load_dataset, shape_adaptify
-from dynopool_nas.models import small_cnn
-from dynopool_nas.train import fit
+from dynopool_nas import DynOPool2d, ShapeAdaptor2d, dynopoolify, shape_adaptify
 from dynopool_nas.viz import aggregation_range, plot_aggregation_range
 
 SIZE = 32
 SCALE_BOUNDS = (0.15, 2.0)
 CONVERTERS = {
-    "human": lambda model: model,
+    "human": None,
     "DynOPool": lambda model: dynopoolify(model, scale_bounds=SCALE_BOUNDS),
     "Shape Adaptor": shape_adaptify,
 }
 
 
 def run(kind: str, seed: int, epochs: int, gmacs_lambda: float, alpha_lr: float) -> tuple[dict, torch.nn.Module]:
-    torch.manual_seed(seed)
-    splits = load_dataset("digits", image_size=SIZE, seed=seed)
-    model = CONVERTERS[kind](small_cnn(num_classes=10, in_chans=1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        cost = GMACsCost.from_model(model, (1, SIZE, SIZE))
-    history = fit(model, DataLoader(splits.train, batch_size=64, shuffle=True, drop_last=True),
-                  DataLoader(splits.val, batch_size=256), cost, epochs=epochs, alpha_lr=alpha_lr,
-                  gmacs_lambda=gmacs_lambda if kind == "DynOPool" else 0.0, progress=False)
+    model, top1, gmacs, _ = train_small_cnn("digits", SIZE, seed, epochs, CONVERTERS[kind],
+                                            gmacs_lambda if kind == "DynOPool" else 0.0, alpha_lr)
     model(torch.zeros(1, 1, SIZE, SIZE))
     resizers = [m for m in model.modules() if isinstance(m, (DynOPool2d, ShapeAdaptor2d))]
     sizes = [f"{h}x{w}" for h, w in (m.output_size for m in resizers)] or ["16x16", "8x8", "4x4"]
-    return {"model": kind, "seed": seed, "top1": history[-1].val_accuracy,
-            "gmacs": count_macs(model, (1, SIZE, SIZE)).gmacs, "maps": " ".join(sizes)}, model
+    return {"model": kind, "seed": seed, "top1": top1, "gmacs": gmacs, "maps": " ".join(sizes)}, model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--gmacs-lambda", type=float, default=1.0)
-    parser.add_argument("--alpha-lr", type=float, default=0.003)
-    args = parser.parse_args()
+    args = experiment_arguments(__doc__, [0, 1, 2])
     started = time.perf_counter()
     rows, trained = [], {}
     for kind in CONVERTERS:

@@ -6,18 +6,12 @@ and enlarged variants; accuracy, GMACs and every DynOPool's learned feature-map 
 
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
 
 import pandas as pd
-import torch
-from _report import RESULTS, write_report
-from torch.utils.data import DataLoader
+from _report import RESULTS, experiment_arguments, train_small_cnn, write_report
 
-from dynopool_nas import GMACsCost, count_macs, dynopoolify, load_dataset
-from dynopool_nas.models import small_cnn
-from dynopool_nas.train import fit
+from dynopool_nas import dynopoolify
 from dynopool_nas.viz import plot_feature_maps
 
 VARIANTS = ("stretched", "tiled", "enlarged")
@@ -26,31 +20,19 @@ SCALE_BOUNDS = (0.15, 2.0)  # keeps a diverging alpha from allocating huge maps;
 
 
 def run(variant: str, converted: bool, seed: int, epochs: int, gmacs_lambda: float, alpha_lr: float) -> dict:
-    torch.manual_seed(seed)
-    splits = load_dataset(f"digits-{variant}", image_size=SIZE, seed=seed)
-    model = small_cnn(num_classes=10, in_chans=1)
-    model = dynopoolify(model, scale_bounds=SCALE_BOUNDS) if converted else model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the human model has no DynOPool: a constant cost
-        cost = GMACsCost.from_model(model, (1, SIZE, SIZE))
-    history = fit(model, DataLoader(splits.train, batch_size=64, shuffle=True, drop_last=True),
-                  DataLoader(splits.val, batch_size=256), cost, epochs=epochs, alpha_lr=alpha_lr,
-                  gmacs_lambda=gmacs_lambda if converted else 0.0, progress=False)
+    convert = (lambda model: dynopoolify(model, scale_bounds=SCALE_BOUNDS)) if converted else None
+    _, top1, gmacs, cost = train_small_cnn(f"digits-{variant}", SIZE, seed, epochs, convert,
+                                           gmacs_lambda if converted else 0.0, alpha_lr)
     sizes = cost.feature_map_sizes() if converted else {f"pool{i}": (SIZE >> i, SIZE >> i) for i in (1, 2, 3)}
     return {"variant": variant, "model": "DynOPool" if converted else "human", "seed": seed,
-            "top1": history[-1].val_accuracy, "gmacs": count_macs(model, (1, SIZE, SIZE)).gmacs,
+            "top1": top1, "gmacs": gmacs,
             **{f"map{i + 1}": f"{h}x{w}" for i, (h, w) in enumerate(sizes.values())},
             **{f"h{i + 1}": h for i, (h, _) in enumerate(sizes.values())},
             **{f"w{i + 1}": w for i, (_, w) in enumerate(sizes.values())}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--gmacs-lambda", type=float, default=1.0)
-    parser.add_argument("--alpha-lr", type=float, default=0.003)
-    args = parser.parse_args()
+    args = experiment_arguments(__doc__, [0, 1, 2])
     started = time.perf_counter()
     rows = [run(v, c, s, args.epochs, args.gmacs_lambda, args.alpha_lr)
             for v in VARIANTS for c in (False, True) for s in args.seeds]
