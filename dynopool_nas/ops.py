@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dynopool_nas import _extension
+
 Aggregation = Literal["max", "mean"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean")
 
@@ -93,10 +95,12 @@ class _DynOPool(torch.autograd.Function):
     pixel (``u_k = k``), so the grid is the input itself and the values are
     ``max_pool2d(2, 2)``'s (``avg_pool2d``'s for mean).
 
-    Backward: the query grid is recomputed rather than kept (memory as ``max_pool2d``'s). The
-    coordinates' gradient is the bilinear derivative at each query (the forward difference on
-    a pixel, as ``grid_sample`` takes it); coordinates on the border carry none
+    Backward: the coordinates' gradient is the bilinear derivative at each query (the forward
+    difference on a pixel, as ``grid_sample`` takes it); coordinates on the border carry none
     (:func:`query_coordinates`), so differences read past the last row or column never count.
+    Max on the CPU takes one pass over the output in the compiled kernel
+    (:mod:`dynopool_nas._extension`); otherwise PyTorch recomputes the query grid rather than
+    keeping it (memory as ``max_pool2d``'s).
     """
 
     @staticmethod
@@ -114,6 +118,8 @@ class _DynOPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, indices, rows, cols = ctx.saved_tensors
+        if ctx.aggregation == "max" and x.device.type == "cpu" and _extension.cpu_kernel_available():
+            return (*_extension.max_backward(grad, x, indices, rows, cols, ctx.needs_input_grad[0]), None)
         if ctx.identity and ctx.aggregation == "max":
             grad_x, grad_rows, grad_cols = _pixel_aligned_max_backward(grad, x, indices)
             return grad_x, grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None

@@ -1,3 +1,4 @@
+import contextlib
 import math
 import random
 
@@ -6,7 +7,18 @@ import torch
 import torch.nn.functional as F
 from reference import reference_dynopool, reference_layer
 
-from dynopool_nas import DynOPool2d
+from dynopool_nas import DynOPool2d, _extension
+
+
+@pytest.fixture(params=["kernel", "pytorch"])
+def backward_path(request):
+    """Runs a test once with the compiled CPU backward and once with the PyTorch one."""
+    if request.param == "pytorch":
+        with _extension.pytorch_backward():
+            yield request.param
+        return
+    assert _extension.cpu_kernel_available(), "the C++ kernel did not build; see the warning above"
+    yield request.param
 
 
 def _layer(alpha: tuple[float, float], dtype=torch.float64, **kwargs) -> DynOPool2d:
@@ -51,7 +63,7 @@ def _random_cases(count: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("case", list(_random_cases(24)))
-def test_values_and_gradients_match_float64_grid_sample_reference(case):
+def test_values_and_gradients_match_float64_grid_sample_reference(case, backward_path):
     n, c, h, w, alpha_h, alpha_w, aggregation = case
     torch.manual_seed(hash(case) % 2**31)
     x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
@@ -121,18 +133,24 @@ def test_odd_sizes_single_channel_and_batch_one(shape):
     assert torch.allclose(out, reference_layer(x, alpha), atol=1e-12)
 
 
-def test_channels_last_input_gives_the_same_result():
-    x = torch.randn(2, 8, 15, 12)
-    layer = DynOPool2d((0.6, 0.45))
+@pytest.mark.parametrize("scale", [(0.6, 0.45), (0.5, 0.5)])
+def test_channels_last_input_gives_the_same_result(scale, backward_path):
+    x = torch.randn(2, 8, 16, 12, requires_grad=True)
+    layer = DynOPool2d(scale)
     expected = layer(x)
-    x_cl = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    upstream = torch.randn_like(expected)
+    (expected * upstream).sum().backward()
+    expected_grads = x.grad, layer.alpha.grad.clone()
+    layer.alpha.grad = None
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
     out = layer(x_cl)
     assert torch.allclose(out, expected, atol=1e-6)
-    out.sum().backward()
-    assert x_cl.grad.shape == x.shape and torch.isfinite(layer.alpha.grad).all()
+    (out * upstream.to(memory_format=torch.channels_last)).sum().backward()
+    assert torch.allclose(x_cl.grad, expected_grads[0], atol=1e-6)
+    assert torch.allclose(layer.alpha.grad, expected_grads[1], rtol=1e-4, atol=1e-4)
 
 
-def test_bfloat16_under_cpu_autocast_tracks_float32():
+def test_bfloat16_under_cpu_autocast_tracks_float32(backward_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), DynOPool2d((0.6, 0.45)))
     x = torch.randn(2, 3, 16, 16)
@@ -186,7 +204,8 @@ def test_scale_bounds_clamp_and_report_once():
      ((1, 2, 7, 5), (1.6, 2.3))],
 )
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
-def test_hand_written_backward_matches_autograd_of_the_sampler(shape, scale, aggregation, monkeypatch):
+def test_hand_written_backward_matches_autograd_of_the_sampler(shape, scale, aggregation, backward_path,
+                                                               monkeypatch):
     import dynopool_nas.ops as ops
 
     torch.manual_seed(0)
@@ -209,6 +228,32 @@ def test_hand_written_backward_matches_autograd_of_the_sampler(shape, scale, agg
     assert torch.equal(out_fast, out_slow)
     assert torch.allclose(alpha_fast, alpha_slow, atol=1e-12) and alpha_fast.abs().sum() > 0
     assert torch.allclose(x_fast, x_slow, atol=1e-12)
+
+
+def test_the_two_backward_paths_agree_in_every_dtype():
+    torch.manual_seed(0)
+    x64 = torch.randn(2, 5, 13, 18, dtype=torch.float64)
+    results = {}
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        for path in ("kernel", "pytorch"):
+            layer = _layer((2.3, 1.7), dtype=dtype)
+            x = x64.to(dtype).clone().requires_grad_(True)
+            out = layer(x)
+            upstream = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+            with _extension.pytorch_backward() if path == "pytorch" else contextlib.nullcontext():
+                (out * upstream.to(dtype)).sum().backward()
+            results[dtype, path] = (x.grad.double(), layer.alpha.grad.double())
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-4), (torch.bfloat16, 0.05)):
+        for kernel, fallback in zip(results[dtype, "kernel"], results[dtype, "pytorch"]):
+            assert torch.allclose(kernel, fallback, rtol=tolerance, atol=tolerance * fallback.abs().max())
+
+
+def test_no_extension_variable_selects_the_pytorch_backward(monkeypatch):
+    monkeypatch.setenv(_extension.DISABLE_VARIABLE, "1")
+    assert not _extension.cpu_kernel_available()
+    x = torch.randn(1, 2, 9, 9, requires_grad=True)
+    DynOPool2d(0.43)(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
 
 
 def test_output_may_be_modified_in_place_before_backward():

@@ -1,0 +1,79 @@
+"""DynOPool's compiled CPU kernel (``csrc/dynopool_cpu.cpp``), built on first use.
+
+The kernel computes max DynOPool's backward pass in one pass over the output. It is compiled
+with ``torch.utils.cpp_extension`` the first time a CPU backward needs it (about 10 s, cached
+under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Where it cannot be
+built (no C++ compiler) the layer falls back to its PyTorch backward, which gives the same
+values, more slowly; ``DYNOPOOL_NAS_NO_EXTENSION=1`` selects the fallback without trying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+DISABLE_VARIABLE = "DYNOPOOL_NAS_NO_EXTENSION"
+_SOURCE = Path(__file__).with_name("csrc") / "dynopool_cpu.cpp"
+_loaded: bool | None = None
+_enabled = True
+
+
+def _ninja_on_path() -> None:
+    """torch builds with the ``ninja`` on PATH; an unactivated virtual environment has its
+    pip-installed ninja only in its own bin folder."""
+    if shutil.which("ninja") is None:
+        with contextlib.suppress(ImportError):
+            import ninja
+
+            os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
+def _load() -> bool:
+    from torch.utils.cpp_extension import load
+
+    try:
+        _ninja_on_path()
+        load(name="dynopool_nas_cpu", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+             extra_ldflags=["-fopenmp"], is_python_module=False)
+    except Exception as error:  # any build failure means: use the fallback
+        warnings.warn(
+            f"dynopool_nas: could not build the C++ kernel ({type(error).__name__}: {error}); DynOPool uses its "
+            f"PyTorch backward instead (same values, slower). Install a C++ compiler and ninja to get the kernel, "
+            f"or set {DISABLE_VARIABLE}=1 to skip the build.",
+            RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def cpu_kernel_available() -> bool:
+    """Whether max DynOPool's CPU backward runs in the compiled kernel (building it if needed)."""
+    global _loaded
+    if not _enabled or os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
+        return False
+    if _loaded is None:
+        _loaded = _load()
+    return _loaded
+
+
+@contextlib.contextmanager
+def pytorch_backward() -> Iterator[None]:
+    """Within this block DynOPool uses its PyTorch backward even where the kernel is built."""
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def max_backward(grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                 input_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Gradients of max DynOPool to its input, row and column coordinates (see the source)."""
+    grad_x, grad_rows, grad_cols = torch.ops.dynopool_nas.max_backward(grad, x, indices, rows, cols, input_grad)
+    return (grad_x if input_grad else None), grad_rows, grad_cols
