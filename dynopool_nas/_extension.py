@@ -1,10 +1,13 @@
-"""DynOPool's compiled CPU kernel (``csrc/dynopool_cpu.cpp``), built on first use.
+"""DynOPool's compiled CPU kernels (``csrc/dynopool_cpu.cpp``), built on first use.
 
-The kernel computes max DynOPool's backward pass in one pass over the output. It is compiled
-with ``torch.utils.cpp_extension`` the first time a CPU backward needs it (about 10 s, cached
-under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Where it cannot be
-built (no C++ compiler) the layer falls back to its PyTorch backward, which gives the same
-values, more slowly; ``DYNOPOOL_NAS_NO_EXTENSION=1`` selects the fallback without trying.
+Max DynOPool's forward pass, which samples the query points and takes each 2x2 maximum in one
+pass (keeping a one-byte code of the winner instead of ``max_pool2d``'s eight-byte index and no
+query grid), and its backward pass in one pass over the output. They are
+compiled with ``torch.utils.cpp_extension`` the first time a CPU forward needs them (about
+15 s, cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Where
+they cannot be built (no C++ compiler) the layer falls back to PyTorch operators, which give
+the same values, more slowly; ``DYNOPOOL_NAS_NO_EXTENSION=1`` selects the fallback without
+trying.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def _load() -> bool:
 
 
 def cpu_kernel_available() -> bool:
-    """Whether max DynOPool's CPU backward runs in the compiled kernel (building it if needed)."""
+    """Whether max DynOPool runs in the compiled kernels on the CPU (building them if needed)."""
     global _loaded
     if not _enabled or os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
         return False
@@ -61,9 +64,17 @@ def cpu_kernel_available() -> bool:
     return _loaded
 
 
+def usable_for(x: torch.Tensor) -> bool:
+    """Whether the kernels may compute on ``x``: a CPU tensor in eager mode (TorchScript,
+    tracing, ONNX export and torch.compile see ``max_pool2d``, which gives the same values)."""
+    if x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return cpu_kernel_available()
+
+
 @contextlib.contextmanager
-def pytorch_backward() -> Iterator[None]:
-    """Within this block DynOPool uses its PyTorch backward even where the kernel is built."""
+def pytorch_fallback() -> Iterator[None]:
+    """Within this block DynOPool runs on PyTorch operators even where the kernels are built."""
     global _enabled
     previous, _enabled = _enabled, False
     try:
@@ -72,8 +83,14 @@ def pytorch_backward() -> Iterator[None]:
         _enabled = previous
 
 
-def max_backward(grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+def max_forward(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max DynOPool's output, its queries sampled at ``rows`` x ``cols`` and compared in one pass,
+    and the winner of each 2x2 window as a uint8 code ``2a + b`` for query ``(2p + a, 2q + b)``."""
+    return torch.ops.dynopool_nas.max_forward(x, rows, cols)
+
+
+def max_backward(grad: torch.Tensor, x: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                  input_grad: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Gradients of max DynOPool to its input, row and column coordinates (see the source)."""
-    grad_x, grad_rows, grad_cols = torch.ops.dynopool_nas.max_backward(grad, x, indices, rows, cols, input_grad)
+    grad_x, grad_rows, grad_cols = torch.ops.dynopool_nas.max_backward(grad, x, codes, rows, cols, input_grad)
     return (grad_x if input_grad else None), grad_rows, grad_cols

@@ -2,7 +2,11 @@
 
 * ``Pool_s -> DynOPool``: max/average pooling with stride > 1 (global pooling stays).
 * ``ReLU(Conv_s) -> DynOPool(ReLU(Conv_1))``: a strided convolution runs at stride 1 and a
-  DynOPool follows its normalization and activation.
+  DynOPool follows its normalization and activation (``placement='after'``, the default).
+* ``placement='before'``: ``Conv_s -> Conv_1(DynOPool)``, the map is resized first and the
+  convolution runs on the resized map (like ResNet-D's pooled shortcut). At the initial scales
+  the model then has the human model's MACs, whereas eq. 5.2 runs every formerly strided
+  convolution at full resolution (+26% MACs for ResNet-50 at 224x224).
 * Branches that must agree in size share one DynOPool: a torchvision ResNet block's main
   path and shortcut. A ResNet stem (strided conv, then max-pool) becomes one DynOPool at
   scale 0.25 (section 5.2.1).
@@ -19,14 +23,17 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .layer import DynOPool2d, ScaleLike
 
-__all__ = ["dynopool_layers", "dynopoolify", "param_groups"]
+__all__ = ["PLACEMENTS", "Placement", "dynopool_layers", "dynopoolify", "param_groups"]
+
+Placement = Literal["after", "before"]
+PLACEMENTS: tuple[str, ...] = ("after", "before")
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 _FOLLOWERS = (
@@ -89,10 +96,12 @@ def _unstride(conv: nn.Conv2d) -> bool:
 
 
 class _Converter:
-    def __init__(self, scale: ScaleLike | None, stem_scale: ScaleLike, options: dict[str, Any]) -> None:
+    def __init__(self, scale: ScaleLike | None, stem_scale: ScaleLike, options: dict[str, Any],
+                 placement: Placement) -> None:
         self.scale = scale
         self.stem_scale = stem_scale
         self.options = options
+        self.before = placement == "before"
         self.converted = 0
         self.skipped: list[str] = []
 
@@ -109,10 +118,14 @@ class _Converter:
         self.skipped.append(name)
         return False
 
+    def resized_conv(self, conv: nn.Conv2d, pool: DynOPool2d) -> nn.Sequential:
+        """A formerly strided convolution with its DynOPool in front (``placement='before'``)."""
+        return nn.Sequential(pool, conv)
+
     # -- family rules -------------------------------------------------------------------
     def resnet_stem(self, model: nn.Module) -> None:
         conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
-        if not (_is_strided_conv(conv) and _is_strided_pool(pool)) or not _unstride(conv):
+        if self.before or not (_is_strided_conv(conv) and _is_strided_pool(pool)) or not _unstride(conv):
             return
         self.converted += 1
         model.maxpool = DynOPool2d(scale=self.stem_scale, **self.options)
@@ -127,7 +140,10 @@ class _Converter:
         if not self.unstride_or_skip(conv, f"{name}.{main}"):
             return
         pool = self.pool(human)
-        setattr(block, main.replace("conv", "bn"), nn.Sequential(norm, nn.ReLU(), pool))
+        if self.before:
+            setattr(block, main, self.resized_conv(conv, pool))
+        else:
+            setattr(block, main.replace("conv", "bn"), nn.Sequential(norm, nn.ReLU(), pool))
         if shortcut is not None:
             for layer in shortcut:
                 if _is_strided_conv(layer):
@@ -140,7 +156,11 @@ class _Converter:
         if norm is None or not _is_strided_conv(conv):
             return
         human = _human_scale(conv)
-        if _unstride(conv):
+        if not _unstride(conv):
+            return
+        if self.before:
+            model.conv_stem = self.resized_conv(conv, self.pool(human))
+        else:
             model.bn1 = nn.Sequential(norm, self.pool(human))
 
     def timm_aa_block(self, block: nn.Module, name: str) -> None:
@@ -149,7 +169,11 @@ class _Converter:
         for child_name, child in block.named_children():
             if _is_strided_conv(child):
                 human = _human_scale(child)
-                if self.unstride_or_skip(child, f"{name}.{child_name}"):
+                if not self.unstride_or_skip(child, f"{name}.{child_name}"):
+                    return
+                if self.before:
+                    setattr(block, child_name, self.resized_conv(child, self.pool(human)))
+                else:
                     block.aa = self.pool(human)
                 return
 
@@ -162,6 +186,9 @@ class _Converter:
                 continue
             human = _human_scale(child)
             if not self.unstride_or_skip(child, f"{name}.{child_name}" if name else child_name):
+                continue
+            if self.before:
+                setattr(seq, child_name, self.resized_conv(child, self.pool(human)))
                 continue
             last = index
             while last + 1 < len(children) and isinstance(children[last + 1][1], followers):
@@ -183,7 +210,9 @@ class _Converter:
                     path = f"{parent_name}.{child_name}" if parent_name else child_name
                     human = _human_scale(child)
                     if self.unstride_or_skip(child, path):
-                        setattr(parent, child_name, nn.Sequential(child, self.pool(human)))
+                        pool = self.pool(human)
+                        resized = self.resized_conv(child, pool) if self.before else nn.Sequential(child, pool)
+                        setattr(parent, child_name, resized)
 
 
 def dynopool_layers(model: nn.Module) -> Iterator[tuple[str, DynOPool2d]]:
@@ -201,6 +230,7 @@ def dynopoolify(
     aggregation: str | None = None,
     min_size: float = 1.5,
     scale_bounds: tuple[float, float] | None = None,
+    placement: Placement = "after",
     inplace: bool = False,
 ) -> nn.Module:
     """Replace every pooling layer with stride > 1 and every strided convolution by DynOPool.
@@ -212,6 +242,9 @@ def dynopoolify(
             convolution and max-pool.
         aggregation: force ``'max'`` or ``'mean'``; by default max, and mean for average pools.
         min_size, scale_bounds: passed to every :class:`DynOPool2d`.
+        placement: ``'after'`` puts each strided convolution's DynOPool after its activation
+            (eq. 5.2, the thesis's conversion); ``'before'`` puts it in front of the
+            convolution, which keeps the human model's MACs at the initial scales.
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
@@ -221,11 +254,13 @@ def dynopoolify(
     Raises:
         ValueError: the model has neither a resizer to convert nor a DynOPool.
     """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"dynopoolify: placement must be one of {PLACEMENTS}, got {placement!r}")
     model = model if inplace else copy.deepcopy(model)
     options: dict[str, Any] = {"min_size": min_size, "scale_bounds": scale_bounds}
     if aggregation is not None:
         options["aggregation"] = aggregation
-    converter = _Converter(scale, stem_scale, options)
+    converter = _Converter(scale, stem_scale, options, placement)
     converter.resnet_stem(model)
     converter.timm_stem(model)
     for name, module in list(model.named_modules()):

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ._utils import eval_mode, example_input
 from .layer import DynOPool2d
-from .ops import AGGREGATIONS, Aggregation, _queries, query_coordinates
+from .ops import AGGREGATIONS, Aggregation, _query_grid, query_coordinates, sample_max
 
 __all__ = ["FixedDynOPool2d", "freeze_dynopools"]
 
@@ -31,14 +31,11 @@ class FixedDynOPool2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         (in_h, in_w), (out_h, out_w) = x.shape[-2:], self.output_size
-        if (in_h, in_w) == (2 * out_h, 2 * out_w):
-            queries = x
-        else:
-            size = torch.tensor(self.output_size, dtype=torch.float32, device=x.device)
-            queries = _queries(x, query_coordinates(in_h, out_h, size[0]), query_coordinates(in_w, out_w, size[1]))
+        size = torch.tensor(self.output_size, dtype=torch.float32, device=x.device)
+        rows, cols = query_coordinates(in_h, out_h, size[0]), query_coordinates(in_w, out_w, size[1])
         if self.aggregation == "max":
-            return F.max_pool2d(queries, kernel_size=2, stride=2)
-        return F.avg_pool2d(queries, kernel_size=2, stride=2)
+            return sample_max(x, rows, cols)
+        return F.avg_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, aggregation={self.aggregation!r}"

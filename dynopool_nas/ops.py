@@ -72,45 +72,75 @@ def _column_matrix(lower: Tensor, upper: Tensor, lower_weight: Tensor, upper_wei
     return matrix.index_put((upper, columns), upper_weight.expand_as(columns), accumulate=True)
 
 
-def _resample_rows(x: Tensor, rows: Tensor) -> Tensor:
-    """Linear interpolation along the height at fractional pixel ``rows`` (whole-row copies)."""
-    lower, upper, weight = _taps(rows, x.shape[-2])
-    return torch.lerp(x.index_select(-2, lower), x.index_select(-2, upper), weight.to(x.dtype).unsqueeze(-1))
+def _resample(x: Tensor, coords: Tensor, dim: int) -> Tensor:
+    """Linear interpolation along ``dim`` at fractional pixel ``coords`` (whole-slice copies)."""
+    lower, upper, weight = _taps(coords, x.shape[dim])
+    weight_shape = [1] * x.dim()
+    weight_shape[dim] = -1
+    return torch.lerp(x.index_select(dim, lower), x.index_select(dim, upper), weight.to(x.dtype).view(weight_shape))
 
 
 def _queries(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """The ``2*H_out x 2*W_out`` bilinearly sampled query points (eq. 4.2), separably: rows by
-    copying and blending whole rows, columns by one matrix product (a gather along the last,
-    contiguous axis is several times slower)."""
+    """The ``2*H_out x 2*W_out`` bilinearly sampled query points (eq. 4.2), separably. NCHW:
+    rows by copying and blending whole rows, columns by one matrix product (a gather along the
+    last, contiguous axis is several times slower). Channels-last: both axes like the rows, on
+    the NHWC view, where every pixel is a contiguous block of channels."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return _resample(_resample(x.permute(0, 2, 3, 1), rows, 1), cols, 2).permute(0, 3, 1, 2)
     lower, upper, weight = _taps(cols, x.shape[-1])
     weight = weight.to(x.dtype)
-    return _resample_rows(x, rows) @ _column_matrix(lower, upper, 1 - weight, weight, x.shape[-1])
+    return _resample(x, rows, -2) @ _column_matrix(lower, upper, 1 - weight, weight, x.shape[-1])
+
+
+def _query_grid(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """The query grid, which at r = 1/2 on even sizes is the input itself (``u_k = k``)."""
+    if (rows.numel(), cols.numel()) == (x.shape[-2], x.shape[-1]):
+        return x
+    return _queries(x, rows, cols)
+
+
+def sample_max(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Max DynOPool's values for fixed query coordinates, without gradients to them: the
+    compiled kernel where it may run, else the query grid and ``max_pool2d`` (also inside
+    TorchScript, which never compiles the kernel's call)."""
+    if torch.jit.is_scripting():
+        return F.max_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2)
+    return _eager_sample_max(x, rows, cols)
+
+
+@torch.jit.unused
+def _eager_sample_max(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    if _extension.usable_for(x):
+        return _extension.max_forward(x, rows, cols)[0]
+    return F.max_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2)
 
 
 class _DynOPool(torch.autograd.Function):
     """DynOPool's sampling and 2x2 aggregation with a hand-written backward pass.
 
-    Forward: the query grid (:func:`_queries`), then a 2x2 max (with indices) or mean. Where
-    ``H_in = 2 * H_out`` and ``W_in = 2 * W_out`` (r = 1/2 on even sizes) every query is a
-    pixel (``u_k = k``), so the grid is the input itself and the values are
-    ``max_pool2d(2, 2)``'s (``avg_pool2d``'s for mean).
+    Max on the CPU runs in compiled kernels (:mod:`dynopool_nas._extension`): the forward pass
+    samples the four queries of each output cell and keeps the largest with a one-byte code of
+    the winner; the backward pass takes one pass over the output. Otherwise the query grid is
+    built (:func:`_queries`) and pooled by ``max_pool2d`` (with indices) or ``avg_pool2d``, and
+    the backward pass recomputes the grid rather than keeping it (memory as ``max_pool2d``'s).
+    Where ``H_in = 2 * H_out`` and ``W_in = 2 * W_out`` (r = 1/2 on even sizes) every query is a
+    pixel (``u_k = k``), so the values are ``max_pool2d(2, 2)``'s (``avg_pool2d``'s for mean).
 
     Backward: the coordinates' gradient is the bilinear derivative at each query (the forward
     difference on a pixel, as ``grid_sample`` takes it); coordinates on the border carry none
     (:func:`query_coordinates`), so differences read past the last row or column never count.
-    Max on the CPU takes one pass over the output in the compiled kernel
-    (:mod:`dynopool_nas._extension`); otherwise PyTorch recomputes the query grid rather than
-    keeping it (memory as ``max_pool2d``'s).
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, rows: Tensor, cols: Tensor, aggregation: str) -> Tensor:
         identity = (rows.numel(), cols.numel()) == tuple(x.shape[-2:])
-        queries = x if identity else _queries(x, rows, cols)
-        if aggregation == "max":
-            values, indices = F.max_pool2d(queries, kernel_size=2, stride=2, return_indices=True)
+        ctx.kernel = aggregation == "max" and _extension.usable_for(x)
+        if ctx.kernel:
+            values, indices = _extension.max_forward(x, rows, cols)
+        elif aggregation == "max":
+            values, indices = F.max_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2, return_indices=True)
         else:
-            values, indices = F.avg_pool2d(queries, kernel_size=2, stride=2), None
+            values, indices = F.avg_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2), None
         ctx.identity, ctx.aggregation = identity, aggregation
         ctx.save_for_backward(x, indices, rows, cols)
         return values
@@ -118,7 +148,7 @@ class _DynOPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, indices, rows, cols = ctx.saved_tensors
-        if ctx.aggregation == "max" and x.device.type == "cpu" and _extension.cpu_kernel_available():
+        if ctx.kernel:
             return (*_extension.max_backward(grad, x, indices, rows, cols, ctx.needs_input_grad[0]), None)
         if ctx.identity and ctx.aggregation == "max":
             grad_x, grad_rows, grad_cols = _pixel_aligned_max_backward(grad, x, indices)

@@ -22,16 +22,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dynopool_nas import DynOPool2d, FixedDynOPool2d, GMACsCost, create_model, dynopoolify
+from dynopool_nas import (
+    DynOPool2d,
+    FixedDynOPool2d,
+    GMACsCost,
+    create_model,
+    dynopool_layers,
+    dynopoolify,
+    param_groups,
+)
 from dynopool_nas._utils import atomic_write
 
 LAYER_SHAPES = [(32, 64, 56, 56), (8, 64, 112, 112), (32, 256, 28, 28)]
 SCALES = [(0.5, 0.5), (0.43, 0.61)]
-# (model, batch, image side, repeats)
+# (model, batch, image side); VGG-16 has no strided convolution, so both placements agree there
 MODELS = [
-    ("vgg16_cifar", 64, 32, None), ("resnet50_cifar", 16, 32, None), ("mobilenetv2_cifar", 32, 32, None),
-    ("vgg16_bn", 2, 224, 3), ("resnet50", 2, 224, 3), ("mobilenet_v2", 4, 224, 3),
+    ("vgg16_cifar", 64, 32), ("resnet50_cifar", 16, 32), ("mobilenetv2_cifar", 32, 32),
+    ("vgg16_bn", 2, 224), ("resnet50", 2, 224), ("mobilenet_v2", 4, 224),
 ]
+PLACEMENTS = {"vgg16": ("after",), "resnet50": ("after", "before"), "mobilenet": ("after", "before")}
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -67,7 +76,10 @@ def _forward(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Cal
 
 
 def _training_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    """One SGD step. The scales' gradient is computed but their learning rate is 0, so every
+    timed step runs at the initial scales (one step at lr 1e-3 already moves a 224x224 map by
+    a few pixels, off the pixel-aligned fast path)."""
+    optimizer = torch.optim.SGD(param_groups(model, lr=1e-3, alpha_lr=0.0))
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -119,24 +131,32 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
+def _family(name: str, table: dict[str, object]) -> object:
+    return next(value for prefix, value in table.items() if name.startswith(prefix))
+
+
 def model_rows(repeats: int) -> list[Row]:
     rows = []
-    for name, batch, size, model_repeats in MODELS:
+    for (name, batch, size), placement in ((m, p) for m in MODELS for p in _family(m[0], PLACEMENTS)):
+        placements = _family(name, PLACEMENTS)
         torch.manual_seed(0)
         human = create_model(name, num_classes=100)
-        converted = dynopoolify(human)
+        converted = dynopoolify(human, placement=placement)
         x = torch.randn(batch, 3, size, size)
         labels = torch.randint(0, 100, (batch,))
         steps = (_training_step(human, x, labels), _training_step(converted, x, labels))
-        base, cand = interleaved(*steps, model_repeats or repeats)
-        what = f"{name}, batch {batch} at {size}x{size}"
-        target = next(t for prefix, t in STEP_TARGETS.items() if name.startswith(prefix))
+        initial_scales = [layer.alpha.detach().clone() for _, layer in dynopool_layers(converted)]
+        base, cand = interleaved(*steps, repeats)
+        if not all(torch.equal(a, layer.alpha) for a, (_, layer) in zip(initial_scales, dynopool_layers(converted))):
+            raise RuntimeError(f"{name}: the scales moved while timing; the rows would not be at the initial scales")
+        what = f"{name}{f' ({placement})' if len(placements) > 1 else ''}, batch {batch} at {size}x{size}"
+        target = _family(name, STEP_TARGETS)
         rows.append((f"{what}: training step", "human model", base * 1e3, cand * 1e3, "ms", target))
         memory = (saved_activation_bytes(human, x), saved_activation_bytes(converted, x))
         rows.append((f"{what}: tensors saved for backward", "human model", memory[0] / 1e6, memory[1] / 1e6, "MB",
                      1.1))
         cost = GMACsCost.from_model(converted, tuple(x.shape[1:]))
-        bookkeeping = statistics.median(_timed(lambda c=cost: c().backward()) for _ in range(model_repeats or repeats))
+        bookkeeping = statistics.median(_timed(lambda c=cost: c().backward()) for _ in range(repeats))
         rows.append((f"{what}: GMACs loss and its backward", "DynOPool training step", cand * 1e3,
                      bookkeeping * 1e3, "ms", 0.01))
     return rows

@@ -1,24 +1,110 @@
-// Backward pass of max DynOPool on the CPU, in one pass over the output (thesis eq. 4.2).
+// Max DynOPool on the CPU (thesis eq. 4.2): the 2x2 max over the query grid, and the
+// backward pass in one pass over the output.
 //
-// Each output cell took the largest of its four query points; `indices` names that query
-// as a flat index into the (2*H_out, 2*W_out) query grid, whose rows sit at input pixel
-// coordinates `rows` and whose columns sit at `cols`. A query is the bilinear blend of four
-// pixels, so the cell's gradient goes to those four pixels (input gradient) and, through the
-// bilinear derivative, to its row and its column coordinate. On a pixel the derivative is the
-// forward difference, as grid_sample takes it; on the border the upper tap equals the lower.
+// The query grid has 2*H_out rows at input pixel coordinates `rows` and 2*W_out columns at
+// `cols`; output cell (p, q) takes the largest of queries (2p + a, 2q + b), a, b in {0, 1},
+// and the forward pass records the winner as the code 2a + b (one byte, where max_pool2d keeps
+// an 8-byte index). A query is the bilinear blend of four pixels, so the cell's gradient goes
+// to those four pixels (input gradient) and, through the bilinear derivative, to its row and
+// its column coordinate. On a pixel the derivative is the forward difference, as grid_sample
+// takes it; on the border the upper tap equals the lower.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/NumericUtils.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <tuple>
 #include <vector>
 
 namespace {
+
+// The kernels take NCHW-contiguous or channels-last-contiguous inputs (the caller makes any
+// other layout contiguous) and split the work into items over contiguous memory: a plane
+// (n, c) for NCHW, an output row (n, p) across all channels for channels-last.
+bool is_channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// A 2-D plane of a 4-D tensor: element (row, col) of plane (n, c).
+template <typename T>
+struct Plane {
+  T* origin;
+  int64_t row_stride, col_stride, channel_stride;
+
+  Plane(const at::Tensor& t, int64_t n, int64_t c)
+      : origin(static_cast<T*>(t.data_ptr()) + n * t.stride(0) + c * t.stride(1)),
+        row_stride(t.stride(2)),
+        col_stride(t.stride(3)),
+        channel_stride(t.stride(1)) {}
+
+  Plane channel(int64_t offset) const {
+    Plane shifted = *this;
+    shifted.origin += offset * channel_stride;
+    return shifted;
+  }
+
+  T& operator()(int64_t row, int64_t col) const { return origin[row * row_stride + col * col_stride]; }
+};
+
+// The largest of four and its position: the first maximum wins and NaN propagates (the last
+// NaN wins), as in max_pool2d. Branch-free but for NaN, since random data would mispredict a
+// comparison branch about once per cell.
+template <typename scalar_t>
+inline void best_of_four(scalar_t a, scalar_t b, scalar_t c, scalar_t d, scalar_t& best, uint8_t& code) {
+  if (at::_isnan(a) | at::_isnan(b) | at::_isnan(c) | at::_isnan(d)) [[unlikely]] {
+    code = at::_isnan(d) ? 3 : at::_isnan(c) ? 2 : at::_isnan(b) ? 1 : 0;
+    best = std::numeric_limits<scalar_t>::quiet_NaN();
+    return;
+  }
+  const scalar_t largest = std::max(std::max(a, b), std::max(c, d));
+  const int after_a = a != largest, after_b = b != largest, after_c = c != largest;
+  code = static_cast<uint8_t>(after_a * (1 + after_b * (1 + after_c)));
+  best = largest;
+}
+
+template <typename scalar_t>
+void max2x2_items(const at::Tensor& grid, at::Tensor& values, at::Tensor& codes, bool channels_last,
+                  int64_t begin, int64_t end) {
+  const int64_t channels = grid.size(1), out_h = values.size(2), out_w = values.size(3);
+  const int64_t width = grid.size(3);
+  const scalar_t* grid_data = grid.const_data_ptr<scalar_t>();
+  scalar_t* value_data = values.mutable_data_ptr<scalar_t>();
+  uint8_t* code_data = codes.mutable_data_ptr<uint8_t>();
+  for (int64_t item = begin; item < end; ++item) {
+    if (channels_last) {  // item = (n, p); channels are the innermost, contiguous axis
+      const int64_t n = item / out_h, p = item % out_h;
+      const scalar_t* top = grid_data + ((n * grid.size(2) + 2 * p) * width) * channels;
+      const scalar_t* bottom = top + width * channels;
+      scalar_t* value_row = value_data + (n * out_h + p) * out_w * channels;
+      uint8_t* code_row = code_data + (n * out_h + p) * out_w * channels;
+      for (int64_t q = 0; q < out_w; ++q) {
+        const int64_t left = 2 * q * channels, right = left + channels, out = q * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          best_of_four(top[left + c], top[right + c], bottom[left + c], bottom[right + c], value_row[out + c],
+                       code_row[out + c]);
+        }
+      }
+    } else {  // item = plane (n, c)
+      const scalar_t* plane = grid_data + item * grid.size(2) * width;
+      for (int64_t p = 0; p < out_h; ++p) {
+        const scalar_t* top = plane + 2 * p * width;
+        const scalar_t* bottom = top + width;
+        scalar_t* value_row = value_data + (item * out_h + p) * out_w;
+        uint8_t* code_row = code_data + (item * out_h + p) * out_w;
+        for (int64_t q = 0; q < out_w; ++q) {
+          best_of_four(top[2 * q], top[2 * q + 1], bottom[2 * q], bottom[2 * q + 1], value_row[q], code_row[q]);
+        }
+      }
+    }
+  }
+}
 
 struct Taps {
   std::vector<int64_t> lower;
@@ -37,96 +123,227 @@ Taps linear_taps(const at::Tensor& coords, int64_t in_size) {
     taps.upper[i] = std::min(taps.lower[i] + 1, in_size - 1);
     taps.weight[i] = data[i] - lower;
     TORCH_CHECK(taps.lower[i] >= 0 && taps.lower[i] < in_size,
-                "dynopool_nas::max_backward: query coordinate ", data[i], " lies outside [0, ", in_size - 1, "]");
+                "dynopool_nas: query coordinate ", data[i], " lies outside [0, ", in_size - 1, "]");
   }
   return taps;
 }
 
-template <typename scalar_t>
-void accumulate_plane_range(
-    int64_t first_plane, int64_t last_plane, const at::Tensor& grad, const at::Tensor& input,
-    const at::Tensor& indices, at::Tensor& grad_input, bool input_grad, const Taps& row_taps,
-    const Taps& col_taps, double* row_sums, double* col_sums) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = input.size(1), out_h = grad.size(2), out_w = grad.size(3);
-  const int64_t query_w = static_cast<int64_t>(col_taps.lower.size());
-  const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
-  const scalar_t* input_data = input.const_data_ptr<scalar_t>();
-  const int64_t* index_data = indices.const_data_ptr<int64_t>();
-  scalar_t* grad_input_data = input_grad ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-  const int64_t x_sh = input.stride(2), x_sw = input.stride(3);
-  const int64_t gx_sh = input_grad ? grad_input.stride(2) : 0, gx_sw = input_grad ? grad_input.stride(3) : 0;
-  const int64_t g_sh = grad.stride(2), g_sw = grad.stride(3);
-  const int64_t i_sh = indices.stride(2), i_sw = indices.stride(3);
+// Every query is the pixel of the same index (r = 1/2 on even sizes): the 2x2 windows tile
+// the input, so each input pixel receives exactly one write and needs no zero fill.
+bool pixel_aligned(const Taps& taps, int64_t in_size) {
+  if (static_cast<int64_t>(taps.lower.size()) != in_size) {
+    return false;
+  }
+  for (int64_t i = 0; i < in_size; ++i) {
+    if (taps.lower[i] != i || taps.weight[i] != 0.0) {
+      return false;
+    }
+  }
+  return true;
+}
 
-  for (int64_t plane = first_plane; plane < last_plane; ++plane) {
-    const int64_t n = plane / channels, c = plane % channels;
-    const scalar_t* x = input_data + n * input.stride(0) + c * input.stride(1);
-    const scalar_t* g_plane = grad_data + n * grad.stride(0) + c * grad.stride(1);
-    const int64_t* i_plane = index_data + n * indices.stride(0) + c * indices.stride(1);
-    scalar_t* gx = input_grad ? grad_input_data + n * grad_input.stride(0) + c * grad_input.stride(1) : nullptr;
-    for (int64_t p = 0; p < out_h; ++p) {
+// Interpolation weights in the kernel's arithmetic type.
+template <typename acc_t>
+std::vector<acc_t> weights_as(const Taps& taps) {
+  return std::vector<acc_t>(taps.weight.begin(), taps.weight.end());
+}
+
+// One query row: input rows `top` and `bottom` blended with weight w (ops._queries' first step).
+template <typename scalar_t, typename acc_t>
+inline void blend_rows(const scalar_t* __restrict__ top, const scalar_t* __restrict__ bottom, acc_t w,
+                       acc_t* __restrict__ out, int64_t length) {
+  for (int64_t i = 0; i < length; ++i) {
+    const acc_t a = static_cast<acc_t>(top[i]);
+    out[i] = a + w * (static_cast<acc_t>(bottom[i]) - a);
+  }
+}
+
+// Max DynOPool off the pixel grid: per output row, the two query rows are blended into buffers,
+// then each cell's four queries are read from them and compared; the grid is never stored.
+template <typename scalar_t>
+void sample_max_items(const at::Tensor& input, at::Tensor& values, at::Tensor& codes, const Taps& row_taps,
+                      const Taps& col_taps, bool channels_last, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = input.size(1), height = input.size(2), width = input.size(3);
+  const int64_t out_h = values.size(2), out_w = values.size(3);
+  const int64_t lanes = channels_last ? channels : 1;  // values per pixel in a row of memory
+  const int64_t row_length = width * lanes;
+  const std::vector<acc_t> row_weights = weights_as<acc_t>(row_taps), col_weights = weights_as<acc_t>(col_taps);
+  const acc_t* __restrict__ wc = col_weights.data();
+  const int64_t* __restrict__ col_lower = col_taps.lower.data();
+  const int64_t* __restrict__ col_upper = col_taps.upper.data();
+  std::vector<acc_t> buffers(2 * row_length);
+  acc_t* __restrict__ even_row = buffers.data();
+  acc_t* __restrict__ odd_row = even_row + row_length;
+  const scalar_t* input_data = input.const_data_ptr<scalar_t>();
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = channels_last ? item / out_h : item / channels;
+    const int64_t first_p = channels_last ? item % out_h : 0, last_p = channels_last ? first_p + 1 : out_h;
+    const scalar_t* image = input_data + (channels_last ? n : item) * height * row_length;
+    for (int64_t p = first_p; p < last_p; ++p) {
+      blend_rows(image + row_taps.lower[2 * p] * row_length, image + row_taps.upper[2 * p] * row_length,
+                 row_weights[2 * p], even_row, row_length);
+      blend_rows(image + row_taps.lower[2 * p + 1] * row_length, image + row_taps.upper[2 * p + 1] * row_length,
+                 row_weights[2 * p + 1], odd_row, row_length);
+      const int64_t out_offset = channels_last ? (n * out_h + p) * out_w * channels : (item * out_h + p) * out_w;
+      scalar_t* __restrict__ value_row = values.mutable_data_ptr<scalar_t>() + out_offset;
+      uint8_t* __restrict__ code_row = codes.mutable_data_ptr<uint8_t>() + out_offset;
       for (int64_t q = 0; q < out_w; ++q) {
-        const acc_t g = static_cast<acc_t>(g_plane[p * g_sh + q * g_sw]);
-        const int64_t index = i_plane[p * i_sh + q * i_sw];
-        const int64_t k = index / query_w, l = index - k * query_w;
-        const int64_t r0 = row_taps.lower[k], r1 = row_taps.upper[k];
-        const int64_t c0 = col_taps.lower[l], c1 = col_taps.upper[l];
-        const acc_t wr = static_cast<acc_t>(row_taps.weight[k]), wc = static_cast<acc_t>(col_taps.weight[l]);
-        const acc_t x00 = static_cast<acc_t>(x[r0 * x_sh + c0 * x_sw]);
-        const acc_t x01 = static_cast<acc_t>(x[r0 * x_sh + c1 * x_sw]);
-        const acc_t x10 = static_cast<acc_t>(x[r1 * x_sh + c0 * x_sw]);
-        const acc_t x11 = static_cast<acc_t>(x[r1 * x_sh + c1 * x_sw]);
-        row_sums[k] += static_cast<double>(g * ((1 - wc) * (x10 - x00) + wc * (x11 - x01)));
-        col_sums[l] += static_cast<double>(g * ((1 - wr) * (x01 - x00) + wr * (x11 - x10)));
-        if (!input_grad) {
-          continue;
+        const int64_t a0 = col_lower[2 * q] * lanes, a1 = col_upper[2 * q] * lanes;
+        const int64_t b0 = col_lower[2 * q + 1] * lanes, b1 = col_upper[2 * q + 1] * lanes;
+        const acc_t wa = wc[2 * q], wb = wc[2 * q + 1];
+        for (int64_t c = 0; c < lanes; ++c) {
+          scalar_t best;
+          uint8_t code;
+          best_of_four(static_cast<scalar_t>(even_row[a0 + c] * (1 - wa) + even_row[a1 + c] * wa),
+                       static_cast<scalar_t>(even_row[b0 + c] * (1 - wb) + even_row[b1 + c] * wb),
+                       static_cast<scalar_t>(odd_row[a0 + c] * (1 - wa) + odd_row[a1 + c] * wa),
+                       static_cast<scalar_t>(odd_row[b0 + c] * (1 - wb) + odd_row[b1 + c] * wb), best, code);
+          value_row[q * lanes + c] = best;
+          code_row[q * lanes + c] = code;
         }
-        auto add = [&](int64_t r, int64_t col, acc_t value) {
-          scalar_t& cell = gx[r * gx_sh + col * gx_sw];
-          cell = static_cast<scalar_t>(static_cast<acc_t>(cell) + value);
-        };
-        if (wr == 0 && wc == 0) {
-          add(r0, c0, g);
-          continue;
-        }
-        add(r0, c0, g * (1 - wr) * (1 - wc));
-        add(r0, c1, g * (1 - wr) * wc);
-        add(r1, c0, g * wr * (1 - wc));
-        add(r1, c1, g * wr * wc);
       }
     }
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& indices, const at::Tensor& rows,
-    const at::Tensor& cols, bool input_grad) {
-  TORCH_CHECK(input.dim() == 4 && grad.dim() == 4 && indices.dim() == 4,
-              "dynopool_nas::max_backward: expected 4-D grad, input and indices");
-  TORCH_CHECK(grad.sizes() == indices.sizes(), "dynopool_nas::max_backward: grad and indices differ in shape");
-  TORCH_CHECK(grad.size(0) == input.size(0) && grad.size(1) == input.size(1),
-              "dynopool_nas::max_backward: grad and input differ in batch or channels");
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "dynopool_nas::max_backward: indices must be int64");
-  TORCH_CHECK(grad.scalar_type() == input.scalar_type(), "dynopool_nas::max_backward: grad and input dtypes differ");
+std::tuple<at::Tensor, at::Tensor> max_forward_cpu(const at::Tensor& input, const at::Tensor& rows,
+                                                   const at::Tensor& cols) {
+  TORCH_CHECK(input.dim() == 4, "dynopool_nas::max_forward: expected a 4-D input");
+  TORCH_CHECK(rows.numel() % 2 == 0 && cols.numel() % 2 == 0 && rows.numel() > 0 && cols.numel() > 0,
+              "dynopool_nas::max_forward: expected 2*H_out row and 2*W_out column coordinates");
   const Taps row_taps = linear_taps(rows, input.size(2));
   const Taps col_taps = linear_taps(cols, input.size(3));
-  const int64_t query_h = static_cast<int64_t>(row_taps.lower.size());
-  const int64_t query_w = static_cast<int64_t>(col_taps.lower.size());
+  const bool aligned = pixel_aligned(row_taps, input.size(2)) && pixel_aligned(col_taps, input.size(3));
+  const bool channels_last = is_channels_last(input);
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = input.contiguous(format);
+  const std::vector<int64_t> shape = {x.size(0), x.size(1), rows.numel() / 2, cols.numel() / 2};
+  at::Tensor values = at::empty(shape, x.options().memory_format(format));
+  at::Tensor codes = at::empty(shape, x.options().dtype(at::kByte).memory_format(format));
+  const int64_t items = shape[0] * (channels_last ? shape[2] : shape[1]);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynopool_max_forward", [&] {
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      if (aligned) {
+        max2x2_items<scalar_t>(x, values, codes, channels_last, begin, end);
+      } else {
+        sample_max_items<scalar_t>(x, values, codes, row_taps, col_taps, channels_last, begin, end);
+      }
+    });
+  });
+  return {values, codes};
+}
 
-  at::Tensor grad_input = input_grad ? at::zeros_like(input) : at::empty({0}, input.options());
-  const int64_t planes = input.size(0) * input.size(1);
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), planes));
+// One output cell's share of the backward pass: its gradient g goes to the winning query's
+// pixels (into gx, if given) and to the query's column coordinate (col_sums); the share of
+// its row coordinate is returned, for the caller to add up along the output row.
+template <typename scalar_t, bool aligned>
+inline double backward_cell(const Plane<const scalar_t>& x, const Plane<scalar_t>* gx, at::opmath_type<scalar_t> g,
+                            uint8_t code, int64_t p, int64_t q, const Taps& row_taps, const Taps& col_taps,
+                            double* col_sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t k = 2 * p + (code >> 1), l = 2 * q + (code & 1);
+  const int64_t r0 = row_taps.lower[k], r1 = row_taps.upper[k];
+  const int64_t c0 = col_taps.lower[l], c1 = col_taps.upper[l];
+  const acc_t x00 = static_cast<acc_t>(x(r0, c0)), x01 = static_cast<acc_t>(x(r0, c1));
+  const acc_t x10 = static_cast<acc_t>(x(r1, c0));
+  if constexpr (aligned) {
+    col_sums[l] += static_cast<double>(g * (x01 - x00));
+    if (gx != nullptr) {  // the window's four pixels, each written once
+      for (uint8_t i = 0; i < 4; ++i) {
+        (*gx)(2 * p + (i >> 1), 2 * q + (i & 1)) = static_cast<scalar_t>(i == code ? g : acc_t(0));
+      }
+    }
+    return static_cast<double>(g * (x10 - x00));
+  }
+  const acc_t x11 = static_cast<acc_t>(x(r1, c1));
+  const acc_t wr = static_cast<acc_t>(row_taps.weight[k]), wc = static_cast<acc_t>(col_taps.weight[l]);
+  col_sums[l] += static_cast<double>(g * ((1 - wr) * (x01 - x00) + wr * (x11 - x10)));
+  if (gx != nullptr) {
+    auto add = [&](int64_t row, int64_t col, acc_t value) {
+      scalar_t& cell = (*gx)(row, col);
+      cell = static_cast<scalar_t>(static_cast<acc_t>(cell) + value);
+    };
+    add(r0, c0, g * (1 - wr) * (1 - wc));
+    add(r0, c1, g * (1 - wr) * wc);
+    add(r1, c0, g * wr * (1 - wc));
+    add(r1, c1, g * wr * wc);
+  }
+  return static_cast<double>(g * ((1 - wc) * (x10 - x00) + wc * (x11 - x01)));
+}
+
+template <typename scalar_t, bool aligned>
+void backward_items(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& codes,
+                    const at::Tensor& grad_input, bool input_grad, const Taps& row_taps, const Taps& col_taps,
+                    bool channels_last, int64_t begin, int64_t end, double* row_sums, double* col_sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = input.size(1), out_h = grad.size(2), out_w = grad.size(3);
+  for (int64_t item = begin; item < end; ++item) {
+    // channels-last: item (n, p), every channel innermost; NCHW: item (n, c), every row
+    const int64_t n = item / (channels_last ? out_h : channels);
+    const int64_t first_c = channels_last ? 0 : item % channels, lanes = channels_last ? channels : 1;
+    const int64_t first_p = channels_last ? item % out_h : 0, last_p = channels_last ? first_p + 1 : out_h;
+    const Plane<const scalar_t> x(input, n, first_c), g(grad, n, first_c);
+    const Plane<const uint8_t> code(codes, n, first_c);
+    const Plane<scalar_t> gx(input_grad ? grad_input : input, n, first_c);
+    for (int64_t p = first_p; p < last_p; ++p) {
+      double even_row = 0, odd_row = 0;  // query rows 2p and 2p + 1, summed in registers
+      for (int64_t q = 0; q < out_w; ++q) {
+        for (int64_t c = 0; c < lanes; ++c) {
+          const uint8_t winner = code.channel(c)(p, q);
+          const Plane<scalar_t> gx_c = gx.channel(c);
+          const double row_term = backward_cell<scalar_t, aligned>(
+              x.channel(c), input_grad ? &gx_c : nullptr, static_cast<acc_t>(g.channel(c)(p, q)), winner, p, q,
+              row_taps, col_taps, col_sums);
+          const double odd = winner >> 1;
+          even_row += row_term * (1 - odd);
+          odd_row += row_term * odd;
+        }
+      }
+      row_sums[2 * p] += even_row;
+      row_sums[2 * p + 1] += odd_row;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& codes, const at::Tensor& rows,
+    const at::Tensor& cols, bool input_grad) {
+  TORCH_CHECK(input.dim() == 4 && grad.dim() == 4 && codes.dim() == 4,
+              "dynopool_nas::max_backward: expected 4-D grad, input and codes");
+  TORCH_CHECK(grad.sizes() == codes.sizes(), "dynopool_nas::max_backward: grad and codes differ in shape");
+  TORCH_CHECK(grad.size(0) == input.size(0) && grad.size(1) == input.size(1),
+              "dynopool_nas::max_backward: grad and input differ in batch or channels");
+  TORCH_CHECK(codes.scalar_type() == at::kByte, "dynopool_nas::max_backward: codes must be uint8");
+  TORCH_CHECK(grad.scalar_type() == input.scalar_type(), "dynopool_nas::max_backward: grad and input dtypes differ");
+  TORCH_CHECK(rows.numel() == 2 * grad.size(2) && cols.numel() == 2 * grad.size(3),
+              "dynopool_nas::max_backward: expected 2*H_out row and 2*W_out column coordinates");
+  const Taps row_taps = linear_taps(rows, input.size(2));
+  const Taps col_taps = linear_taps(cols, input.size(3));
+  const int64_t query_h = rows.numel(), query_w = cols.numel();
+  const bool aligned = pixel_aligned(row_taps, input.size(2)) && pixel_aligned(col_taps, input.size(3));
+
+  at::Tensor grad_input = !input_grad ? at::empty({0}, input.options())
+                          : aligned   ? at::empty_like(input)
+                                      : at::empty_like(input).zero_();
+  const bool channels_last = is_channels_last(input);
+  const int64_t items = input.size(0) * (channels_last ? grad.size(2) : input.size(1));
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
   // one row of coordinate sums per chunk, added up in a fixed order: deterministic results
   std::vector<double> sums(chunks * (query_h + query_w), 0.0);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dynopool_max_backward", [&] {
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t chunk = begin; chunk < end; ++chunk) {
+    at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
+      for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
         double* row_sums = sums.data() + chunk * (query_h + query_w);
-        accumulate_plane_range<scalar_t>(chunk * planes / chunks, (chunk + 1) * planes / chunks, grad, input,
-                                         indices, grad_input, input_grad, row_taps, col_taps, row_sums,
-                                         row_sums + query_h);
+        const int64_t begin = chunk * items / chunks, end = (chunk + 1) * items / chunks;
+        if (aligned) {
+          backward_items<scalar_t, true>(grad, input, codes, grad_input, input_grad, row_taps, col_taps,
+                                         channels_last, begin, end, row_sums, row_sums + query_h);
+        } else {
+          backward_items<scalar_t, false>(grad, input, codes, grad_input, input_grad, row_taps, col_taps,
+                                          channels_last, begin, end, row_sums, row_sums + query_h);
+        }
       }
     });
   });
@@ -146,8 +363,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY(dynopool_nas, m) {
-  m.def("max_backward(Tensor grad, Tensor input, Tensor indices, Tensor rows, Tensor cols, bool input_grad)"
+  m.def("max_forward(Tensor input, Tensor rows, Tensor cols) -> (Tensor, Tensor)");
+  m.def("max_backward(Tensor grad, Tensor input, Tensor codes, Tensor rows, Tensor cols, bool input_grad)"
         " -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(dynopool_nas, CPU, m) { m.impl("max_backward", &max_backward_cpu); }
+TORCH_LIBRARY_IMPL(dynopool_nas, CPU, m) {
+  m.impl("max_forward", &max_forward_cpu);
+  m.impl("max_backward", &max_backward_cpu);
+}
