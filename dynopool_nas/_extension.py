@@ -13,6 +13,7 @@ trying.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import warnings
@@ -38,7 +39,13 @@ def _ninja_on_path() -> None:
 
 
 def _load() -> bool:
-    from torch.utils.cpp_extension import load
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its import warns that a CPU-only machine has no CUDA runtime
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        logger.setLevel(level)
 
     try:
         _ninja_on_path()

@@ -239,7 +239,7 @@ def dynopoolify(
         model: any CNN; torchvision ResNets and timm EfficientNets get their family rules.
         scale: initial scale of every DynOPool; ``None`` keeps the human model's ``1/stride``.
         stem_scale: initial scale of the single DynOPool that replaces a ResNet stem's strided
-            convolution and max-pool.
+            convolution and max-pool (``placement='after'``; with ``'before'`` each gets its own).
         aggregation: force ``'max'`` or ``'mean'``; by default max, and mean for average pools.
         min_size, scale_bounds: passed to every :class:`DynOPool2d`.
         placement: ``'after'`` puts each strided convolution's DynOPool after its activation

@@ -1,6 +1,7 @@
 """The GPU check of DynOPool: run on a machine with CUDA; CI never depends on it.
 
-1. CUDA values and gradients (input and alpha) equal the CPU result, float32 and float64.
+1. CUDA values and gradients (input and alpha) equal the CPU result (the compiled CPU kernels
+   against the PyTorch operators that run on CUDA), float32 and float64.
 2. float16 and bfloat16 autocast run and track float32.
 3. Forward+backward and forward timings against max_pool2d / adaptive_max_pool2d (ratios
    measured side by side, CUDA-synchronized).

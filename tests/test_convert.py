@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from dynopool_nas import DynOPool2d, create_model, dynopool_layers, dynopoolify, param_groups
+from dynopool_nas import DynOPool2d, count_macs, create_model, dynopool_layers, dynopoolify, param_groups
 
 # (model, input size for the forward test, number of DynOPools)
 FAMILIES = [
@@ -104,6 +104,32 @@ def test_strided_conv_outside_a_sequential_gets_a_dynopool_after_it():
 
     converted = dynopoolify(Net())
     assert converted(torch.randn(1, 3, 10, 12)).shape == (1, 4, 5, 6)
+
+
+@pytest.mark.parametrize(("name", "size"), [("resnet50", 64), ("mobilenet_v2", 64), ("efficientnet_b0", 64),
+                                            ("resnet50_cifar", 32), ("mobilenetv2_cifar", 32)])
+def test_placement_before_keeps_the_human_models_macs_at_the_initial_scales(name, size):
+    human = create_model(name, num_classes=10)
+    before, after = (dynopoolify(human, placement=placement) for placement in ("before", "after"))
+    assert _strided(before) == []
+    human_macs = count_macs(human, (3, size, size)).total
+    assert count_macs(before, (3, size, size)).total == pytest.approx(human_macs, rel=0.01)
+    assert count_macs(after, (3, size, size)).total > 1.02 * human_macs  # eq. 5.2 runs those convs at stride 1
+    x = torch.randn(2, 3, size, size)
+    assert before(x).shape == human(x).shape
+
+
+def test_placement_before_puts_the_dynopool_in_front_of_the_convolution():
+    model = dynopoolify(create_model("resnet50", num_classes=10), placement="before")
+    block = model.layer2[0]
+    assert isinstance(block.conv2, nn.Sequential) and isinstance(block.conv2[0], DynOPool2d)
+    assert block.conv2[1].stride == (1, 1) and block.downsample[0] is block.conv2[0]
+    assert isinstance(model.conv1[0], DynOPool2d) and isinstance(model.maxpool, DynOPool2d)
+
+
+def test_unknown_placement_is_refused():
+    with pytest.raises(ValueError, match="placement must be one of"):
+        dynopoolify(create_model("vgg16_cifar", num_classes=10), placement="inside")
 
 
 def test_nothing_to_convert_is_an_error():

@@ -44,12 +44,14 @@ def _randomize_scales(model: nn.Module, seed: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "input_size"),
-    [("vgg16_cifar", (3, 32, 32)), ("resnet50_cifar", (3, 32, 40)), ("mobilenetv2_cifar", (3, 36, 32)),
-     ("efficientnet_b0", (3, 64, 80))],
+    ("name", "input_size", "placement"),
+    [("vgg16_cifar", (3, 32, 32), "after"), ("resnet50_cifar", (3, 32, 40), "after"),
+     ("mobilenetv2_cifar", (3, 36, 32), "after"), ("efficientnet_b0", (3, 64, 80), "after"),
+     ("resnet50_cifar", (3, 32, 40), "before"), ("mobilenetv2_cifar", (3, 36, 32), "before"),
+     ("efficientnet_b0", (3, 64, 80), "before")],
 )
-def test_gmacs_loss_equals_fvcore_at_init_and_after_the_scales_change(name, input_size):
-    model = dynopoolify(create_model(name, 10))
+def test_gmacs_loss_equals_fvcore_at_init_and_after_the_scales_change(name, input_size, placement):
+    model = dynopoolify(create_model(name, 10), placement=placement)
     cost = GMACsCost.from_model(model, input_size)
     assert cost().item() == pytest.approx(count_macs(model, input_size).gmacs, rel=0.01)
     _randomize_scales(model, seed=1)
