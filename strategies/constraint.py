@@ -178,6 +178,8 @@ class GMACsConstraint:
       total, so no trade-off weight needs tuning.
     """
 
+    CHECK_EVERY = 100
+
     def __init__(self, lam: float | None = None, budget: float | None = None) -> None:
         if (lam is None) == (budget is None):
             raise ValueError("GMACsConstraint takes exactly one of lam (eq. 4.8) and budget (GMACs per image)")
@@ -188,6 +190,7 @@ class GMACsConstraint:
         self.lam, self.budget = lam, budget
         self.cost: GMACsCost | None = None
         self._warned = False
+        self._calls = 0
 
     def bind(self, cost: GMACsCost) -> GMACsConstraint:
         if self.budget is not None and not _scales(cost):
@@ -207,32 +210,38 @@ class GMACsConstraint:
 
     @torch.no_grad()
     def project(self, iterations: int = 16) -> None:
-        """Budget mode: rescale every DynOPool's alpha by one factor to meet the budget."""
+        """Budget mode: rescale every DynOPool's alpha by one factor to meet the budget.
+
+        The bisection runs a fixed number of steps on tensors, so on a GPU it never waits for
+        the device; whether the budget is reachable is read back on the first call and every
+        ``CHECK_EVERY`` calls after it."""
         if self.budget is None or self.cost is None:
             return
         alphas = [layer.alpha for layer in _scales(self.cost)]
         start = [alpha.clone() for alpha in alphas]
 
-        def gmacs_at(log_factor: float) -> float:
+        def gmacs_at(log_factor: Tensor) -> Tensor:
             for alpha, initial in zip(alphas, start):
-                alpha.copy_(initial * math.exp(log_factor))
-            return float(self.cost(hard=True))
+                alpha.copy_(initial * log_factor.exp())
+            return self.cost(hard=True)
 
-        low, high = -2.0, 2.0  # larger factor = larger alpha = smaller maps = fewer GMACs
+        # a larger factor is a larger alpha: smaller maps, fewer GMACs
+        low, high = alphas[0].new_tensor(-2.0), alphas[0].new_tensor(2.0)
         for _ in range(iterations):
             middle = (low + high) / 2
-            if gmacs_at(middle) > self.budget:
-                low = middle
-            else:
-                high = middle
-        candidates = {abs(gmacs_at(t) / self.budget - 1): t for t in (low, high)}
-        miss = min(candidates)
-        gmacs_at(candidates[miss])
-        if miss > 0.05 and not self._warned:
+            over = gmacs_at(middle) > self.budget
+            low, high = torch.where(over, middle, low), torch.where(over, high, middle)
+        miss_low, miss_high = ((gmacs_at(t) / self.budget - 1).abs() for t in (low, high))
+        closest = gmacs_at(torch.where(miss_low <= miss_high, low, high))
+        self._calls += 1
+        if self._warned or (self._calls - 1) % self.CHECK_EVERY:
+            return
+        closest_gmacs = float(closest)
+        if abs(closest_gmacs / self.budget - 1) > 0.05:
             self._warned = True
             warnings.warn(
                 f"GMACs budget {self.budget:g} is out of reach of the DynOPool scales for the current choices "
-                f"(closest: {gmacs_at(candidates[miss]):g} GMACs); raise the budget or change the space",
+                f"(closest: {closest_gmacs:g} GMACs); raise the budget or change the space",
                 RuntimeWarning, stacklevel=2,
             )
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from nni.nas.experiment import NasExperiment
 from nni.nas.strategy import DARTS, ENAS, Proxyless, RandomOneShot
 from torch.utils.data import DataLoader, Subset
 
-from dynopool_nas import DigitsDataset, GMACsCost, count_macs, dynopool_layers
+from dynopool_nas import DigitsDataset, GMACsCost, count_macs, create_model, dynopool_layers, dynopoolify
 from search_spaces.cells import DynOPoolCellSpace
 from search_spaces.converted import ConvertedSpace
 from search_spaces.efficientnet import EfficientNetSpace
@@ -138,3 +139,17 @@ def test_darts_over_the_efficientnet_space_searches_and_exports():
     assert {f"s{i}_kernel" for i in range(7)} <= set(arch["choices"]) and len(arch["scales"]) == 5
     model = build_model(EfficientNetSpace(num_classes=10, in_chans=1), arch)
     assert count_macs(model, (1, 32, 32)).gmacs == pytest.approx(arch["metrics"]["gmacs"], rel=0.02)
+
+
+def test_budget_projection_meets_a_reachable_budget_and_warns_once_for_an_unreachable_one():
+    model = dynopoolify(create_model("small_cnn", num_classes=10, in_chans=1))
+    cost = GMACsCost.from_model(model, (1, 32, 32))
+    reachable = GMACsConstraint(budget=0.8 * cost.initial_gmacs).bind(cost)  # 15x15, 7x7, 3x3 cost 0.799x
+    reachable.project()
+    assert math.isclose(float(cost(hard=True)), 0.8 * cost.initial_gmacs, rel_tol=0.05)
+    unreachable = GMACsConstraint(budget=1e-9).bind(cost)
+    with pytest.warns(RuntimeWarning, match="out of reach"):
+        unreachable.project()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unreachable.project()
