@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .convert import dynopool_layers, dynopoolify
+from .convert import PLACEMENTS, dynopool_layers, dynopoolify
 from .cost import GMACsCost, count_macs
 from .data import DATASETS, DigitsDataset
 from .models import MODELS, create_model, small_cnn
@@ -64,7 +64,7 @@ def run_demo(
 def _macs(args: argparse.Namespace) -> None:
     human = create_model(args.model, num_classes=args.num_classes)
     input_size = (3, args.image_size, args.image_size)
-    converted = dynopoolify(human)
+    converted = dynopoolify(human, placement=args.placement)
     for label, model in (("human", human), ("DynOPool", converted)):
         report = count_macs(model, input_size)
         print(f"{args.model} {label:8s} {report.gmacs:8.4f} GMACs  DynOPool share {report.dynopool_share:.4%}")
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     macs.add_argument("model", choices=sorted(MODELS))
     macs.add_argument("--image-size", type=int, default=224)
     macs.add_argument("--num-classes", type=int, default=1000)
+    macs.add_argument("--placement", default="after", choices=PLACEMENTS,
+                      help="DynOPool after a strided conv's activation (eq. 5.2) or before the conv")
     return parser
 
 

@@ -2,6 +2,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from dynopool_nas.cli import main, run_demo
 
 
@@ -18,6 +20,15 @@ def test_macs_command_compares_human_and_dynopool(capsys):
     assert main(["macs", "vgg16_cifar", "--image-size", "32", "--num-classes", "100"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"vgg16_cifar human\s+0\.31\d+ GMACs", out) and "DynOPool share" in out
+
+
+def test_macs_command_prices_both_placements(capsys):
+    gmacs = {}
+    for placement in ("after", "before"):
+        assert main(["macs", "resnet50_cifar", "--image-size", "32", "--num-classes", "100",
+                     "--placement", placement]) == 0
+        gmacs[placement] = float(re.search(r"DynOPool\s+([\d.]+) GMACs", capsys.readouterr().out).group(1))
+    assert gmacs["after"] == pytest.approx(1.646, abs=0.01) and gmacs["before"] == pytest.approx(1.305, abs=0.01)
 
 
 def test_console_entry_point_runs_the_demo():
