@@ -25,6 +25,14 @@
 
 namespace {
 
+// The loops below are compiled for AVX-512, AVX2 and the x86-64 baseline; the loader picks the
+// best the CPU has (GCC/Clang function multiversioning). Elsewhere they are compiled once.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DYNOPOOL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DYNOPOOL_VECTOR_CLONES
+#endif
+
 // The kernels take NCHW-contiguous or channels-last-contiguous inputs (the caller makes any
 // other layout contiguous) and split the work into items over contiguous memory: a plane
 // (n, c) for NCHW, an output row (n, p) across all channels for channels-last.
@@ -54,23 +62,21 @@ struct Plane {
 };
 
 // The largest of four and its position: the first maximum wins and NaN propagates (the last
-// NaN wins), as in max_pool2d. Branch-free but for NaN, since random data would mispredict a
-// comparison branch about once per cell.
+// NaN wins), as in max_pool2d. Branch-free, so that loops over channels vectorize and random
+// data costs no mispredicted comparisons.
 template <typename scalar_t>
 inline void best_of_four(scalar_t a, scalar_t b, scalar_t c, scalar_t d, scalar_t& best, uint8_t& code) {
-  if (at::_isnan(a) | at::_isnan(b) | at::_isnan(c) | at::_isnan(d)) [[unlikely]] {
-    code = at::_isnan(d) ? 3 : at::_isnan(c) ? 2 : at::_isnan(b) ? 1 : 0;
-    best = std::numeric_limits<scalar_t>::quiet_NaN();
-    return;
-  }
   const scalar_t largest = std::max(std::max(a, b), std::max(c, d));
-  const int after_a = a != largest, after_b = b != largest, after_c = c != largest;
-  code = static_cast<uint8_t>(after_a * (1 + after_b * (1 + after_c)));
-  best = largest;
+  const uint8_t after_a = a != largest, after_b = b != largest, after_c = c != largest;
+  const uint8_t nan_b = b != b, nan_c = c != c, nan_d = d != d;
+  const uint8_t any_nan = (a != a) | nan_b | nan_c | nan_d;
+  const uint8_t last_nan = nan_d ? 3 : (nan_c ? 2 : nan_b);
+  code = any_nan ? last_nan : static_cast<uint8_t>(after_a * (1 + after_b * (1 + after_c)));
+  best = any_nan ? std::numeric_limits<scalar_t>::quiet_NaN() : largest;
 }
 
 template <typename scalar_t>
-void max2x2_items(const at::Tensor& grid, at::Tensor& values, at::Tensor& codes, bool channels_last,
+DYNOPOOL_VECTOR_CLONES void max2x2_items(const at::Tensor& grid, at::Tensor& values, at::Tensor& codes, bool channels_last,
                   int64_t begin, int64_t end) {
   const int64_t channels = grid.size(1), out_h = values.size(2), out_w = values.size(3);
   const int64_t width = grid.size(3);
@@ -80,10 +86,10 @@ void max2x2_items(const at::Tensor& grid, at::Tensor& values, at::Tensor& codes,
   for (int64_t item = begin; item < end; ++item) {
     if (channels_last) {  // item = (n, p); channels are the innermost, contiguous axis
       const int64_t n = item / out_h, p = item % out_h;
-      const scalar_t* top = grid_data + ((n * grid.size(2) + 2 * p) * width) * channels;
-      const scalar_t* bottom = top + width * channels;
-      scalar_t* value_row = value_data + (n * out_h + p) * out_w * channels;
-      uint8_t* code_row = code_data + (n * out_h + p) * out_w * channels;
+      const scalar_t* __restrict__ top = grid_data + ((n * grid.size(2) + 2 * p) * width) * channels;
+      const scalar_t* __restrict__ bottom = top + width * channels;
+      scalar_t* __restrict__ value_row = value_data + (n * out_h + p) * out_w * channels;
+      uint8_t* __restrict__ code_row = code_data + (n * out_h + p) * out_w * channels;
       for (int64_t q = 0; q < out_w; ++q) {
         const int64_t left = 2 * q * channels, right = left + channels, out = q * channels;
         for (int64_t c = 0; c < channels; ++c) {
@@ -94,10 +100,10 @@ void max2x2_items(const at::Tensor& grid, at::Tensor& values, at::Tensor& codes,
     } else {  // item = plane (n, c)
       const scalar_t* plane = grid_data + item * grid.size(2) * width;
       for (int64_t p = 0; p < out_h; ++p) {
-        const scalar_t* top = plane + 2 * p * width;
-        const scalar_t* bottom = top + width;
-        scalar_t* value_row = value_data + (item * out_h + p) * out_w;
-        uint8_t* code_row = code_data + (item * out_h + p) * out_w;
+        const scalar_t* __restrict__ top = plane + 2 * p * width;
+        const scalar_t* __restrict__ bottom = top + width;
+        scalar_t* __restrict__ value_row = value_data + (item * out_h + p) * out_w;
+        uint8_t* __restrict__ code_row = code_data + (item * out_h + p) * out_w;
         for (int64_t q = 0; q < out_w; ++q) {
           best_of_four(top[2 * q], top[2 * q + 1], bottom[2 * q], bottom[2 * q + 1], value_row[q], code_row[q]);
         }
@@ -161,7 +167,7 @@ inline void blend_rows(const scalar_t* __restrict__ top, const scalar_t* __restr
 // Max DynOPool off the pixel grid: per output row, the two query rows are blended into buffers,
 // then each cell's four queries are read from them and compared; the grid is never stored.
 template <typename scalar_t>
-void sample_max_items(const at::Tensor& input, at::Tensor& values, at::Tensor& codes, const Taps& row_taps,
+DYNOPOOL_VECTOR_CLONES void sample_max_items(const at::Tensor& input, at::Tensor& values, at::Tensor& codes, const Taps& row_taps,
                       const Taps& col_taps, bool channels_last, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = input.size(1), height = input.size(2), width = input.size(3);
