@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
-	$(VENV)/bin/python experiments/benchmark.py
+	$(VENV)/bin/python experiments/benchmark.py --write docs/benchmark.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

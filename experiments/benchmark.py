@@ -199,13 +199,15 @@ def render(rows: list[Row], command: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per layer row")
+    parser.add_argument("--model-repeats", type=int, default=15,
+                        help="timed training steps per model row (small batches on 2 cores are noisy)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--write", type=Path, help="also write the Markdown table here (atomically)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = layer_rows(args.repeats) + ([] if args.skip_models else model_rows(args.repeats))
+    rows = layer_rows(args.repeats) + ([] if args.skip_models else model_rows(args.model_repeats))
     table = render(rows, "python " + " ".join(sys.argv))
     print(table)
     if args.write:

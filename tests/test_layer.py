@@ -225,7 +225,10 @@ def test_hand_written_backward_matches_autograd_of_the_sampler(shape, scale, agg
         (out * torch.linspace(-1, 2, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
         results.append((out.detach(), layer.alpha.grad.clone(), x.grad.clone()))
     (out_fast, alpha_fast, x_fast), (out_slow, alpha_slow, x_slow) = results
-    assert torch.allclose(out_fast, out_slow, atol=1e-12, rtol=0)
+    if backward_path == "pytorch":  # the same operators in the same order
+        assert torch.equal(out_fast, out_slow)
+    else:  # the kernel evaluates the same formula in another floating-point order
+        assert torch.allclose(out_fast, out_slow, atol=1e-12, rtol=0)
     assert torch.allclose(alpha_fast, alpha_slow, atol=1e-12) and alpha_fast.abs().sum() > 0
     assert torch.allclose(x_fast, x_slow, atol=1e-12)
 
