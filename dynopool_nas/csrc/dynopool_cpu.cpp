@@ -66,7 +66,8 @@ struct Plane {
 // data costs no mispredicted comparisons.
 template <typename scalar_t>
 inline void best_of_four(scalar_t a, scalar_t b, scalar_t c, scalar_t d, scalar_t& best, uint8_t& code) {
-  const scalar_t largest = std::max(std::max(a, b), std::max(c, d));
+  const scalar_t larger_ab = b > a ? b : a, larger_cd = d > c ? d : c;
+  const scalar_t largest = larger_cd > larger_ab ? larger_cd : larger_ab;
   const uint8_t after_a = a != largest, after_b = b != largest, after_c = c != largest;
   const uint8_t nan_b = b != b, nan_c = c != c, nan_d = d != d;
   const uint8_t any_nan = (a != a) | nan_b | nan_c | nan_d;
@@ -195,16 +196,24 @@ DYNOPOOL_VECTOR_CLONES void sample_max_items(const at::Tensor& input, at::Tensor
       scalar_t* __restrict__ value_row = values.mutable_data_ptr<scalar_t>() + out_offset;
       uint8_t* __restrict__ code_row = codes.mutable_data_ptr<uint8_t>() + out_offset;
       for (int64_t q = 0; q < out_w; ++q) {
-        const int64_t a0 = col_lower[2 * q] * lanes, a1 = col_upper[2 * q] * lanes;
-        const int64_t b0 = col_lower[2 * q + 1] * lanes, b1 = col_upper[2 * q + 1] * lanes;
+        // the blended rows at the taps of query columns 2q (a) and 2q + 1 (b)
+        const acc_t* __restrict__ even_a0 = even_row + col_lower[2 * q] * lanes;
+        const acc_t* __restrict__ even_a1 = even_row + col_upper[2 * q] * lanes;
+        const acc_t* __restrict__ even_b0 = even_row + col_lower[2 * q + 1] * lanes;
+        const acc_t* __restrict__ even_b1 = even_row + col_upper[2 * q + 1] * lanes;
+        const acc_t* __restrict__ odd_a0 = odd_row + col_lower[2 * q] * lanes;
+        const acc_t* __restrict__ odd_a1 = odd_row + col_upper[2 * q] * lanes;
+        const acc_t* __restrict__ odd_b0 = odd_row + col_lower[2 * q + 1] * lanes;
+        const acc_t* __restrict__ odd_b1 = odd_row + col_upper[2 * q + 1] * lanes;
         const acc_t wa = wc[2 * q], wb = wc[2 * q + 1];
+#pragma GCC ivdep
         for (int64_t c = 0; c < lanes; ++c) {
           scalar_t best;
           uint8_t code;
-          best_of_four(static_cast<scalar_t>(even_row[a0 + c] * (1 - wa) + even_row[a1 + c] * wa),
-                       static_cast<scalar_t>(even_row[b0 + c] * (1 - wb) + even_row[b1 + c] * wb),
-                       static_cast<scalar_t>(odd_row[a0 + c] * (1 - wa) + odd_row[a1 + c] * wa),
-                       static_cast<scalar_t>(odd_row[b0 + c] * (1 - wb) + odd_row[b1 + c] * wb), best, code);
+          best_of_four(static_cast<scalar_t>(even_a0[c] * (1 - wa) + even_a1[c] * wa),
+                       static_cast<scalar_t>(even_b0[c] * (1 - wb) + even_b1[c] * wb),
+                       static_cast<scalar_t>(odd_a0[c] * (1 - wa) + odd_a1[c] * wa),
+                       static_cast<scalar_t>(odd_b0[c] * (1 - wb) + odd_b1[c] * wb), best, code);
           value_row[q * lanes + c] = best;
           code_row[q * lanes + c] = code;
         }
