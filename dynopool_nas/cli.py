@@ -78,7 +78,7 @@ def _search(args: argparse.Namespace) -> None:
         args.space, args.strategy, args.dataset, args.epochs, args.output, data_dir=args.data_dir,
         download=args.download, image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.lr,
         alpha_learning_rate=args.alpha_lr, gmacs_lambda=args.gmacs_lambda, gmacs_budget=args.gmacs_budget,
-        max_train_images=args.max_train_images, seed=args.seed,
+        max_train_images=args.max_train_images, seed=args.seed, placement=args.placement,
     )
     metrics = arch["metrics"]
     print(f"search: {args.space} / {args.strategy} on {args.dataset}, {args.epochs} epochs")
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     constraint.add_argument("--gmacs-budget", type=float, help="target GMACs per image")
     search.add_argument("--max-train-images", type=int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--placement", default="after", choices=PLACEMENTS,
+                        help="converted models (--space MODEL): DynOPool after a strided conv (eq. 5.2) or before it")
     quick = commands.add_parser("quick", help="the quick-start nnictl experiment (experiments/quick.yml)")
     quick.add_argument("--output", type=Path, default=Path("runs/quick"))
     quick.add_argument("--port", type=int, help="web UI port (default: a free one)")

@@ -10,6 +10,7 @@ import sys
 import nni
 
 from dynopool_nas import DATASETS
+from dynopool_nas.convert import PLACEMENTS
 from strategies.search import SPACES
 from strategies.trial import run_trial
 
@@ -24,12 +25,14 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--devices", type=int, default=1, help="GPUs (or CPU processes) per trial: DDP when > 1")
     parser.add_argument("--accelerator", default="auto", help="auto, gpu or cpu")
+    parser.add_argument("--placement", default="after", choices=PLACEMENTS,
+                        help="converted models: DynOPool after a strided conv (eq. 5.2) or before it")
     args = parser.parse_args()
     params = nni.get_next_parameter() or {}
     try:
         final = run_trial(params, space=args.space, dataset=args.dataset, epochs=args.epochs,
                           image_size=args.image_size, batch_size=args.batch_size, data_dir=args.data_dir,
-                          devices=args.devices, accelerator=args.accelerator)
+                          devices=args.devices, accelerator=args.accelerator, placement=args.placement)
     except Exception as error:
         print(f"trial failed with parameters {params}: {type(error).__name__}: {error}", file=sys.stderr)
         raise

@@ -13,6 +13,7 @@ from torch import nn
 
 from dynopool_nas import dynopool_layers
 from dynopool_nas._utils import atomic_write, eval_mode, example_input
+from dynopool_nas.convert import PLACEMENTS
 
 from .supernet import SCALE_LABEL_PREFIX
 
@@ -66,6 +67,8 @@ def _validate(arch: Any, where: str) -> None:
         raise ValueError(
             f"{where}: schema version {arch['schema_version']} is not {SCHEMA_VERSION}, the one this version reads"
         )
+    if arch.get("placement", "after") not in PLACEMENTS:
+        raise ValueError(f"{where}: placement {arch['placement']!r} is not one of {PLACEMENTS}")
     for name, scale in arch["scales"].items():
         valid = isinstance(scale, list) and len(scale) == 2
         if not (valid and all(isinstance(r, (int, float)) and r > 0 for r in scale)):

@@ -20,7 +20,7 @@ from dynopool_nas.train import fit
 from dynopool_nas.viz import plot_tradeoff
 
 from .arch import build_model, load_architecture
-from .search import make_space
+from .search import space_of
 
 __all__ = ["BASELINES", "cpu_latency", "run_compare"]
 
@@ -69,10 +69,12 @@ def run_compare(
     for source in architectures:
         path = Path(source)
         arch = load_architecture(path / "arch.json" if path.is_dir() else path)
-        if "space" not in arch:
-            raise ValueError(f"{path}: the architecture does not name its space; re-export it")
         torch.manual_seed(seed)
-        model = build_model(make_space(arch["space"], splits.num_classes, splits.in_chans), arch)
+        try:
+            space = space_of(arch, splits.num_classes, splits.in_chans)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        model = build_model(space, arch)
         label = f"dynopool:{path.parent.name if path.is_file() else path.name}"
         candidates[label] = freeze_dynopools(model, input_size)
     rows = []

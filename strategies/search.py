@@ -12,31 +12,50 @@ from torch.utils.data import Subset
 
 from dynopool_nas import load_dataset
 from dynopool_nas._utils import atomic_write
+from dynopool_nas.convert import PLACEMENTS, Placement
 from dynopool_nas.models import MODELS
 
 from .arch import build_model, export_architecture, save_architecture
 from .constraint import GMACsConstraint
 from .darts import DynOPoolDARTS, DynOPoolGumbelDARTS
 
-__all__ = ["SPACES", "STRATEGIES", "make_space", "run_search", "save_weights"]
+__all__ = ["SPACES", "STRATEGIES", "make_space", "run_search", "save_weights", "space_fields", "space_of"]
 
 STRATEGIES = {"darts": DynOPoolDARTS, "gumbel-darts": DynOPoolGumbelDARTS}
 SPACES = ("cells", "efficientnet", *MODELS)
 
 
-def make_space(name: str, num_classes: int, in_chans: int) -> Any:
-    """A search space by name: ``cells``, ``efficientnet`` or a converted model's name."""
+def make_space(name: str, num_classes: int, in_chans: int, placement: Placement = "after") -> Any:
+    """A search space by name: ``cells``, ``efficientnet`` or a converted model's name, whose
+    strided convolutions get their DynOPool ``placement`` (see :func:`dynopool_nas.dynopoolify`)."""
     from search_spaces.cells import DynOPoolCellSpace
     from search_spaces.converted import ConvertedSpace
     from search_spaces.efficientnet import EfficientNetSpace
 
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if placement != "after" and name not in MODELS:
+        raise ValueError(f"placement {placement!r} applies to converted models; the {name!r} space places its own "
+                         "DynOPools")
     if name == "cells":
         return DynOPoolCellSpace(num_classes=num_classes, in_chans=in_chans)
     if name == "efficientnet":
         return EfficientNetSpace(num_classes=num_classes, in_chans=in_chans)
     if name in MODELS:
-        return ConvertedSpace(name, num_classes=num_classes, in_chans=in_chans)
+        return ConvertedSpace(name, num_classes=num_classes, in_chans=in_chans, placement=placement)
     raise ValueError(f"unknown space {name!r}; choose one of {SPACES}")
+
+
+def space_of(arch: dict[str, Any], num_classes: int, in_chans: int) -> Any:
+    """The search space an exported architecture came from (its ``space`` and ``placement``)."""
+    if "space" not in arch:
+        raise ValueError("the architecture does not name its space; re-export it with dynopool-nas search or a trial")
+    return make_space(arch["space"], num_classes, in_chans, placement=arch.get("placement", "after"))
+
+
+def space_fields(space: str, placement: Placement) -> dict[str, Any]:
+    """What an exported architecture records of its space (``placement`` only where it applies)."""
+    return {"space": space} | ({"placement": placement} if space in MODELS else {})
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> Path:
@@ -61,6 +80,7 @@ def run_search(
     gmacs_budget: float | None = None,
     max_train_images: int | None = None,
     seed: int = 0,
+    placement: Placement = "after",
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """Search ``space`` with ``strategy`` on ``dataset``; write ``output/arch.json`` and the derived
     model's weights ``output/weights.pt`` (taken from the supernet); return both."""
@@ -74,7 +94,7 @@ def run_search(
     constraint = None
     if gmacs_lambda is not None or gmacs_budget is not None:
         constraint = GMACsConstraint(lam=gmacs_lambda, budget=gmacs_budget)
-    search_space = make_space(space, splits.num_classes, splits.in_chans)
+    search_space = make_space(space, splits.num_classes, splits.in_chans, placement)
     evaluator = Classification(
         train_dataloaders=DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True),
         val_dataloaders=DataLoader(splits.val, batch_size=256),
@@ -86,7 +106,7 @@ def run_search(
         constraint=constraint,
     )
     NasExperiment(search_space, evaluator, search).run()
-    arch = export_architecture(search) | {"space": space, "num_classes": splits.num_classes}
+    arch = export_architecture(search) | space_fields(space, placement) | {"num_classes": splits.num_classes}
     output = Path(output)
     save_architecture(arch, output / "arch.json")
     model = build_model(search.supernet, arch)

@@ -21,7 +21,7 @@ from dynopool_nas import freeze_dynopools
 from dynopool_nas._utils import atomic_write
 
 from .arch import build_model, load_architecture, save_architecture
-from .search import make_space
+from .search import space_of
 
 __all__ = ["collect_architectures", "pareto_front", "run_export", "standalone_model", "write_standalone"]
 
@@ -32,7 +32,7 @@ def standalone_model(arch: dict[str, Any], weights: str | Path) -> nn.Module:
     if missing:
         raise ValueError(f"the architecture lacks {missing}: re-export it with dynopool-nas search or a trial")
     input_size = tuple(arch["input_size"])
-    model = build_model(make_space(arch["space"], arch["num_classes"], input_size[0]), arch)
+    model = build_model(space_of(arch, arch["num_classes"], input_size[0]), arch)
     try:
         model.load_state_dict(torch.load(weights, weights_only=True))
     except RuntimeError as error:

@@ -19,12 +19,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from dynopool_nas import GMACsCost, dynopool_layers, load_dataset
+from dynopool_nas.convert import Placement
 from dynopool_nas.train import EpochResult, fit
 
 from .arch import SCHEMA_VERSION, save_architecture
 from .constraint import GMACsConstraint
 from .report import trial_metrics
-from .search import make_space, save_weights
+from .search import make_space, save_weights, space_fields
 
 __all__ = ["SETTINGS", "run_trial"]
 
@@ -63,12 +64,13 @@ def run_trial(
     output_dir: str | Path | None = None,
     devices: int = 1,
     accelerator: str = "auto",
+    placement: Placement = "after",
 ) -> dict[str, Any]:
     """Train the architecture ``params`` choose and report to NNI; return the final metrics
     (``devices > 1``: Lightning DDP; only the first process reports and saves, the others
     return an empty dict)."""
     splits = load_dataset(dataset, image_size=image_size, root=data_dir)
-    space_model = make_space(space, splits.num_classes, splits.in_chans)
+    space_model = make_space(space, splits.num_classes, splits.in_chans, placement)
     choices, settings = _split(params, space_model.simplify())
     model = space_model.freeze(choices)
     if space in ("cells", "efficientnet"):
@@ -106,7 +108,7 @@ def run_trial(
         "scales": {layer.name: list(layer.scale) for _, layer in dynopool_layers(model)},
         "sizes": {name: list(size) for name, size in cost.feature_map_sizes().items()},
         "metrics": {k: history[-1][k] for k in ("default", "gmacs", "params")},
-        "space": space,
+        **space_fields(space, placement),
         "num_classes": splits.num_classes,
     }, output / "arch.json")
     save_weights(model, output / "weights.pt")

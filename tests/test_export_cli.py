@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
+from dynopool_nas import count_macs, create_model, dynopool_layers, dynopoolify
 from dynopool_nas.cli import main
-from strategies.search import run_search
+from strategies.arch import SCHEMA_VERSION, load_architecture, save_architecture
+from strategies.search import make_space, run_search, space_fields, space_of
 from strategies.standalone import pareto_front, run_export, standalone_model
 
 
@@ -91,3 +93,47 @@ def test_an_experiment_is_found_by_its_id(searched, tmp_path, monkeypatch):
     assert len(table) == 1 and "abc123" in table["folder"].iloc[0]
     with pytest.raises(FileNotFoundError, match="neither a folder nor an experiment id"):
         run_export("zzz999", tmp_path / "out")
+
+
+def _converted_architecture(tmp_path, placement):
+    """An architecture of a converted model, as a trial would export it, and its weights."""
+    space = space_of({"space": "mobilenetv2_cifar", "placement": placement}, 10, 3)
+    with torch.no_grad():
+        space(torch.zeros(1, 3, 32, 32))
+    layers = list(dynopool_layers(space))
+    arch = {
+        "schema_version": SCHEMA_VERSION, "input_size": [3, 32, 32], "choices": {},
+        "scales": {layer.name: list(layer.scale) for _, layer in layers},
+        "sizes": {layer.name: list(layer.output_size) for _, layer in layers},
+        "num_classes": 10, **space_fields("mobilenetv2_cifar", placement),
+    }
+    save_architecture(arch, tmp_path / "arch.json")
+    torch.save(space.state_dict(), tmp_path / "weights.pt")
+    return space, load_architecture(tmp_path / "arch.json")
+
+
+@pytest.mark.parametrize("placement", ["after", "before"])
+def test_a_converted_models_placement_travels_with_its_architecture(tmp_path, placement):
+    space, arch = _converted_architecture(tmp_path, placement)
+    assert arch["placement"] == placement
+    model = standalone_model(arch, tmp_path / "weights.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), space.eval()(x), atol=1e-5)
+    assert count_macs(model, (3, 32, 32)).total == pytest.approx(
+        count_macs(dynopoolify(create_model("mobilenetv2_cifar", 10), placement=placement), (3, 32, 32)).total,
+        rel=0.01)
+
+
+def test_placement_is_refused_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="applies to converted models"):
+        make_space("cells", 10, 1, placement="before")
+    with pytest.raises(ValueError, match="placement must be one of"):
+        make_space("mobilenetv2_cifar", 10, 3, placement="inside")
+
+
+def test_an_architecture_with_an_unknown_placement_is_refused(tmp_path):
+    _, arch = _converted_architecture(tmp_path, "before")
+    (tmp_path / "arch.json").write_text(json.dumps(arch | {"placement": "inside"}))
+    with pytest.raises(ValueError, match="placement 'inside' is not one of"):
+        load_architecture(tmp_path / "arch.json")
