@@ -135,28 +135,29 @@ class _DynOPool(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, rows: Tensor, cols: Tensor, aggregation: str) -> Tensor:
         identity = (rows.numel(), cols.numel()) == tuple(x.shape[-2:])
         ctx.kernel = aggregation == "max" and _extension.usable_for(x)
+        # the winner of each cell: a one-byte code from the kernel, max_pool2d's index otherwise
         if ctx.kernel:
-            values, indices = _extension.max_forward(x, rows, cols)
+            values, winners = _extension.max_forward(x, rows, cols)
         elif aggregation == "max":
-            values, indices = F.max_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2, return_indices=True)
+            values, winners = F.max_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2, return_indices=True)
         else:
-            values, indices = F.avg_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2), None
+            values, winners = F.avg_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2), None
         ctx.identity, ctx.aggregation = identity, aggregation
-        ctx.save_for_backward(x, indices, rows, cols)
+        ctx.save_for_backward(x, winners, rows, cols)
         return values
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, indices, rows, cols = ctx.saved_tensors
+        x, winners, rows, cols = ctx.saved_tensors
         if ctx.kernel:
-            return (*_extension.max_backward(grad, x, indices, rows, cols, ctx.needs_input_grad[0]), None)
+            return (*_extension.max_backward(grad, x, winners, rows, cols, ctx.needs_input_grad[0]), None)
         if ctx.identity and ctx.aggregation == "max":
-            grad_x, grad_rows, grad_cols = _pixel_aligned_max_backward(grad, x, indices)
+            grad_x, grad_rows, grad_cols = _pixel_aligned_max_backward(grad, x, winners)
             return grad_x, grad_rows.to(rows.dtype), grad_cols.to(cols.dtype), None
         in_h, in_w = x.shape[-2:]
         query_shape = (rows.numel(), cols.numel())
         if ctx.aggregation == "max":
-            grad_queries = F.max_unpool2d(grad, indices, kernel_size=2, stride=2, output_size=query_shape)
+            grad_queries = F.max_unpool2d(grad, winners, kernel_size=2, stride=2, output_size=query_shape)
         else:
             grad_queries = grad.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1) / 4
         row_lower, row_upper, row_weight = _taps(rows, in_h)
