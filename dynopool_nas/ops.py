@@ -81,12 +81,15 @@ def _resample(x: Tensor, coords: Tensor, dim: int) -> Tensor:
 
 
 def _queries(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """The ``2*H_out x 2*W_out`` bilinearly sampled query points (eq. 4.2), separably. NCHW:
-    rows by copying and blending whole rows, columns by one matrix product (a gather along the
-    last, contiguous axis is several times slower). Channels-last: both axes like the rows, on
-    the NHWC view, where every pixel is a contiguous block of channels."""
+    """The ``2*H_out x 2*W_out`` bilinearly sampled query points (eq. 4.2), separably: rows by
+    copying and blending whole rows; columns likewise on channels-last maps (on the NHWC view,
+    where every pixel is a contiguous block of channels) and on GPUs, and by one matrix product
+    on NCHW maps on the CPU, where a gather along the last, contiguous axis is several times
+    slower (a NaN there reaches its whole query row, through the zero weights)."""
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return _resample(_resample(x.permute(0, 2, 3, 1), rows, 1), cols, 2).permute(0, 3, 1, 2)
+    if x.device.type != "cpu":
+        return _resample(_resample(x, rows, -2), cols, -1)
     lower, upper, weight = _taps(cols, x.shape[-1])
     weight = weight.to(x.dtype)
     return _resample(x, rows, -2) @ _column_matrix(lower, upper, 1 - weight, weight, x.shape[-1])

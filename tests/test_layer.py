@@ -1,5 +1,6 @@
 import contextlib
 import math
+import os
 import random
 
 import pytest
@@ -10,14 +11,22 @@ from reference import reference_dynopool, reference_layer
 from dynopool_nas import DynOPool2d, _extension
 
 
+@pytest.fixture
+def kernels():
+    """The compiled CPU kernels, which must build unless switched off on purpose."""
+    if os.environ.get(_extension.DISABLE_VARIABLE, "") not in ("", "0"):
+        pytest.skip(f"the kernels are switched off by {_extension.DISABLE_VARIABLE}")
+    assert _extension.cpu_kernel_available(), "the C++ kernels did not build; see the warning above"
+
+
 @pytest.fixture(params=["kernel", "pytorch"])
 def backward_path(request):
-    """Runs a test once with the compiled CPU backward and once with the PyTorch one."""
+    """Runs a test once with the compiled CPU kernels and once with PyTorch's operators."""
     if request.param == "pytorch":
         with _extension.pytorch_fallback():
             yield request.param
         return
-    assert _extension.cpu_kernel_available(), "the C++ kernel did not build; see the warning above"
+    request.getfixturevalue("kernels")
     yield request.param
 
 
@@ -250,7 +259,7 @@ def _run_both_paths(layer_alpha, x64, dtype):
 @pytest.mark.parametrize("alpha", [(2.3, 1.7), (2.0, 2.0), (0.6, 0.8)])
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 1e-4),
                                                   (torch.bfloat16, 0.02)])
-def test_kernels_and_pytorch_fallback_agree_in_every_dtype(alpha, dtype, tolerance):
+def test_kernels_and_pytorch_fallback_agree_in_every_dtype(alpha, dtype, tolerance, kernels):
     torch.manual_seed(0)
     (out, *grads), (out_ref, *grads_ref) = _run_both_paths(alpha, torch.randn(2, 5, 14, 18, dtype=torch.float64),
                                                            dtype)
@@ -261,7 +270,7 @@ def test_kernels_and_pytorch_fallback_agree_in_every_dtype(alpha, dtype, toleran
         assert torch.allclose(kernel, fallback, rtol=tolerance, atol=tolerance * fallback.abs().max())
 
 
-def test_kernel_breaks_ties_like_max_pool():
+def test_kernel_breaks_ties_like_max_pool(kernels):
     x = torch.randint(-1, 2, (2, 3, 12, 10), dtype=torch.float64)  # many equal maxima
     (out, grad_x, grad_alpha), (out_ref, grad_x_ref, grad_alpha_ref) = _run_both_paths((2.0, 2.0), x, torch.float64)
     assert torch.equal(out, out_ref) and torch.equal(grad_x, grad_x_ref)
@@ -269,7 +278,7 @@ def test_kernel_breaks_ties_like_max_pool():
 
 
 @pytest.mark.parametrize("alpha", [(2.0, 2.0), (2.3, 1.7)])
-def test_kernel_propagates_nan_like_its_reference(alpha):
+def test_kernel_propagates_nan_like_its_reference(alpha, kernels):
     x = torch.randn(2, 3, 12, 10, dtype=torch.float64)
     x[0, 0, 3, 4] = float("nan")
     out = _layer(alpha)(x)
@@ -293,3 +302,13 @@ def test_output_may_be_modified_in_place_before_backward():
     model = torch.nn.Sequential(DynOPool2d(0.5), torch.nn.ReLU(inplace=True))
     model(x).sum().backward()
     assert x.grad is not None and torch.isfinite(model[0].alpha.grad).all()
+
+
+def test_the_gather_form_of_the_query_grid_used_on_gpus_equals_the_matrix_form():
+    import dynopool_nas.ops as ops
+
+    x = torch.randn(2, 3, 11, 13, dtype=torch.float64)
+    size = torch.tensor([7.0, 9.0], dtype=torch.float64)
+    rows, cols = ops.query_coordinates(11, 7, size[0]), ops.query_coordinates(13, 9, size[1])
+    gathered = ops._resample(ops._resample(x, rows, -2), cols, -1)
+    assert torch.allclose(gathered, ops._queries(x, rows, cols), atol=1e-12, rtol=0)
