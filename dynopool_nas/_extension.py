@@ -53,8 +53,8 @@ def _load() -> bool:
              extra_ldflags=["-fopenmp"], is_python_module=False)
     except Exception as error:  # any build failure means: use the fallback
         warnings.warn(
-            f"dynopool_nas: could not build the C++ kernel ({type(error).__name__}: {error}); DynOPool uses its "
-            f"PyTorch backward instead (same values, slower). Install a C++ compiler and ninja to get the kernel, "
+            f"dynopool_nas: could not build the C++ kernels ({type(error).__name__}: {error}); DynOPool runs on "
+            f"PyTorch operators instead (same values, slower). Install a C++ compiler and ninja to get the kernels, "
             f"or set {DISABLE_VARIABLE}=1 to skip the build.",
             RuntimeWarning, stacklevel=3)
         return False

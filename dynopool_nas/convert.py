@@ -6,7 +6,7 @@
 * ``placement='before'``: ``Conv_s -> Conv_1(DynOPool)``, the map is resized first and the
   convolution runs on the resized map (like ResNet-D's pooled shortcut). At the initial scales
   the model then has the human model's MACs, whereas eq. 5.2 runs every formerly strided
-  convolution at full resolution (+26% MACs for ResNet-50 at 224x224).
+  convolution at full resolution (+34% MACs for ResNet-50 at 224x224).
 * Branches that must agree in size share one DynOPool: a torchvision ResNet block's main
   path and shortcut. A ResNet stem (strided conv, then max-pool) becomes one DynOPool at
   scale 0.25 (section 5.2.1).

@@ -12,7 +12,7 @@ from torch.utils.data import Subset
 
 from dynopool_nas import load_dataset
 from dynopool_nas._utils import atomic_write
-from dynopool_nas.convert import PLACEMENTS, Placement
+from dynopool_nas.convert import Placement
 from dynopool_nas.models import MODELS
 
 from .arch import build_model, export_architecture, save_architecture
@@ -32,8 +32,6 @@ def make_space(name: str, num_classes: int, in_chans: int, placement: Placement 
     from search_spaces.converted import ConvertedSpace
     from search_spaces.efficientnet import EfficientNetSpace
 
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if placement != "after" and name not in MODELS:
         raise ValueError(f"placement {placement!r} applies to converted models; the {name!r} space places its own "
                          "DynOPools")
