@@ -296,7 +296,8 @@ def _fashion_mnist_splits(
         return FashionMNISTDataset(images[chosen], labels[chosen], image_size, offset_seed, variant)
 
     test = FashionMNISTDataset(test_images, test_labels, image_size, seed + 3, variant)
-    return DataSplits(subset("train", seed + 1), subset("val", seed + 2), 10, 1, test=test)
+    train, val = subset("train", seed + 1), subset("val", seed + 2)
+    return DataSplits(train, val, FashionMNISTDataset.num_classes, FashionMNISTDataset.in_chans, test=test)
 
 
 def _load_image(path: str) -> Any:

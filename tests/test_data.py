@@ -210,6 +210,7 @@ def test_fashion_mnist_default_folder_is_used_without_a_root(tmp_path, monkeypat
         (lambda raw, gz: gzip.compress(raw[:10]), "shorter than an idx header"),
         (lambda raw, gz: gzip.compress(b"\x00\x00\x08\x01" + raw[4:]), "magic number 2049, expected 2051"),
     ],
+ ids=["truncated-gzip", "not-gzip", "short-data", "short-header", "wrong-magic"],
 )
 def test_fashion_mnist_corrupt_files_are_named(tmp_path, damage, message):
     _write_fashion(tmp_path)
@@ -255,7 +256,9 @@ def _image_tree(root, classes=("cat", "dog"), per_class=2):
                 Image.new("RGB", (20, 30), (label * 100, index * 50, 0)).save(root / split / name / f"{index}.png")
 
 
-@pytest.mark.parametrize("damage", [lambda png: b"garbage", lambda png: png[: len(png) // 2]])
+@pytest.mark.parametrize(
+    "damage", [lambda png: b"garbage", lambda png: png[: len(png) // 2]], ids=["garbage", "truncated"]
+)
 def test_imagefolder_names_an_unreadable_image(tmp_path, damage):
     _image_tree(tmp_path)
     broken = tmp_path / "train" / "dog" / "1.png"
