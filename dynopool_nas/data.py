@@ -35,7 +35,7 @@ VARIANTS: tuple[str, ...] = ("stretched", "tiled", "enlarged")
 Fit = Callable[[Tensor, tuple[int, int]], Tensor]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-"""Where ``apt-get install dataset-fashion-mnist`` (Debian, Ubuntu) puts the idx files."""
+"""Where ``apt-get install dataset-fashion-mnist`` (Debian) puts the idx files."""
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -252,7 +252,7 @@ def _fashion_mnist_folder(root: Path | None, download: bool) -> Path:
     raise FileNotFoundError(
         f"dataset 'fashion-mnist' needs the four idx files {names} (gzipped or not) in one folder; "
         f"searched {searched}. "
-        f"Install them with `sudo apt-get install {FASHION_MNIST_PACKAGE}` (Debian/Ubuntu, into {FASHION_MNIST_DIR}), "
+        f"Install them with `sudo apt-get install {FASHION_MNIST_PACKAGE}` (Debian and derivatives, into {FASHION_MNIST_DIR}), "
         "pass the folder that holds them with --data-dir, or download them into --data-dir with --download"
     )
 
