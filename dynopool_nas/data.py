@@ -252,7 +252,7 @@ def _fashion_mnist_folder(root: Path | None, download: bool) -> Path:
     raise FileNotFoundError(
         f"dataset 'fashion-mnist' needs the four idx files {names} (gzipped or not) in one folder; "
         f"searched {searched}. "
-        f"Install them with `sudo apt-get install {FASHION_MNIST_PACKAGE}` (Debian and derivatives, into {FASHION_MNIST_DIR}), "
+        f"Install them with `sudo apt-get install {FASHION_MNIST_PACKAGE}` (Debian, into {FASHION_MNIST_DIR}), "
         "pass the folder that holds them with --data-dir, or download them into --data-dir with --download"
     )
 
