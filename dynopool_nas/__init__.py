@@ -4,33 +4,36 @@ This package is plain PyTorch; the NNI integration lives in ``search_spaces`` an
 ``strategies``.
 """
 
-from .convert import dynopool_layers, dynopoolify, param_groups
-from .cost import GMACsCost, MACsReport, count_macs
-from .data import DATASETS, DataSplits, DigitsDataset, load_dataset
-from .export import FixedDynOPool2d, freeze_dynopools
-from .layer import DynOPool2d
-from .models import create_model
-from .ops import dynopool2d, ste_output_size
-from .shape_adaptor import ShapeAdaptor2d, shape_adaptify
+import importlib
+from typing import Any
 
-__all__ = [
-    "DATASETS",
-    "DataSplits",
-    "DigitsDataset",
-    "DynOPool2d",
-    "FixedDynOPool2d",
-    "GMACsCost",
-    "MACsReport",
-    "ShapeAdaptor2d",
-    "count_macs",
-    "create_model",
-    "dynopool2d",
-    "dynopool_layers",
-    "dynopoolify",
-    "freeze_dynopools",
-    "load_dataset",
-    "param_groups",
-    "shape_adaptify",
-    "ste_output_size",
-]
+# Exports by module, imported on first use (PEP 562), so that ``dynopool-nas --help`` and
+# ``import dynopool_nas._checks`` do not import torch.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "convert": ("dynopool_layers", "dynopoolify", "param_groups"),
+    "cost": ("GMACsCost", "MACsReport", "count_macs"),
+    "data": ("DATASETS", "DataSplits", "DigitsDataset", "load_dataset"),
+    "export": ("FixedDynOPool2d", "freeze_dynopools"),
+    "layer": ("DynOPool2d",),
+    "models": ("create_model",),
+    "ops": ("dynopool2d", "ste_output_size"),
+    "optim": ("project_scales_",),
+    "shape_adaptor": ("ShapeAdaptor2d", "shape_adaptify"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from .convert import param_groups
 from .cost import GMACsCost
+from .optim import ScaleStep
 
 __all__ = ["EpochResult", "evaluate", "fit"]
 
@@ -57,6 +58,7 @@ class _DynOPoolTraining(pl.LightningModule):
         steps_per_epoch: int,
         lr: float,
         alpha_lr: float | None,
+        scale_step: ScaleStep,
         weight_decay: float,
         gmacs_lambda: float,
         on_epoch: Callable[[EpochResult], Any] | None,
@@ -66,7 +68,7 @@ class _DynOPoolTraining(pl.LightningModule):
         self.model = model
         self.cost = cost
         self.settings = {"epochs": epochs, "steps": steps_per_epoch, "lr": lr, "alpha_lr": alpha_lr,
-                         "weight_decay": weight_decay, "gmacs_lambda": gmacs_lambda}
+                         "scale_step": scale_step, "weight_decay": weight_decay, "gmacs_lambda": gmacs_lambda}
         self.on_epoch, self.after_step = on_epoch, after_step
         self.history: list[EpochResult] = []
         self._correct = self._seen = 0
@@ -109,7 +111,8 @@ class _DynOPoolTraining(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         s = self.settings
         optimizer = torch.optim.SGD(
-            param_groups(self.model, lr=s["lr"], alpha_lr=s["alpha_lr"], weight_decay=s["weight_decay"]),
+            param_groups(self.model, lr=s["lr"], alpha_lr=s["alpha_lr"], weight_decay=s["weight_decay"],
+                         scale_step=s["scale_step"]),
             momentum=0.9, nesterov=True,
         )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s["epochs"] * s["steps"], 1))
@@ -125,6 +128,7 @@ def fit(
     epochs: int,
     lr: float = 0.05,
     alpha_lr: float | None = None,
+    scale_step: ScaleStep = "normalized",
     weight_decay: float = 5e-4,
     gmacs_lambda: float = 0.0,
     progress: bool = True,
@@ -135,8 +139,15 @@ def fit(
 ) -> list[EpochResult]:
     """Train ``model`` with SGD on ``L_task + gmacs_lambda * L_GMACs`` (eq. 4.8).
 
-    Weights and DynOPool scales share one SGD optimizer with separate parameter groups
-    (:func:`~dynopool_nas.param_groups`); the learning rate follows a cosine schedule.
+    Weights and DynOPool scales share one SGD optimizer (momentum 0.9, Nesterov) with separate
+    parameter groups (:func:`~dynopool_nas.param_groups`); the learning rate follows a cosine
+    schedule. ``alpha_lr`` (default ``lr / 10``) is the scales' learning rate; with
+    ``scale_step="normalized"`` (the default) their gradients are normalized so that one
+    ``alpha_lr`` suits every layer and resolution (a step changes a scale by about ``alpha_lr``
+    of itself, up to 10 times that under a steady push), ``"plain"`` is the thesis's gradient
+    step. After every step the scales are projected into their range
+    (:meth:`~dynopool_nas.DynOPool2d.project_`): a scale that runs away stops at its bound with
+    a warning instead of ending the run.
     ``on_epoch`` receives each epoch's :class:`EpochResult` (on the first process only);
     ``after_step`` runs after every optimizer step (a GMACs budget's projection, for instance).
     ``devices > 1`` trains data-parallel (Lightning DDP, one process per device); the script
@@ -147,7 +158,8 @@ def fit(
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     module = _DynOPoolTraining(
         model, cost, epochs=epochs, steps_per_epoch=len(train_loader), lr=lr, alpha_lr=alpha_lr,
-        weight_decay=weight_decay, gmacs_lambda=gmacs_lambda, on_epoch=on_epoch, after_step=after_step,
+        scale_step=scale_step, weight_decay=weight_decay, gmacs_lambda=gmacs_lambda, on_epoch=on_epoch,
+        after_step=after_step,
     )
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
