@@ -1,10 +1,11 @@
 """MAC counts (fvcore) and the differentiable GMACs loss of eq. 4.7 / 4.8.
 
-fvcore counts one multiply-add as one "flop", i.e. MACs. It ignores pooling, so the
-handles below add DynOPool's own work as it is executed -- its bilinear sampling runs as
-``aten::lerp``, its aggregation as a 2x2 pool; at r = 1/2 on even sizes the query points are
-pixels and only the max remains -- and, for a like-for-like comparison, the human models'
-pooling: a comparison or an addition counts as one MAC.
+fvcore counts one multiply-add as one "flop", i.e. MACs. It ignores pooling, so DynOPool's
+own work is added by one formula (:func:`resizer_macs`), the same for the learned layer and its
+frozen form whichever operators run them -- one MAC per value of its separable bilinear
+sampling, 3 per output for its 2x2 aggregation; at r = 1/2 on even sizes the query points are
+pixels and only the max remains -- and the handles below add, for a like-for-like comparison,
+the human models' pooling: a comparison or an addition counts as one MAC.
 
 The loss is analytic: :class:`GMACsCost` records once, at the model's initial state, every
 layer's MACs and which resizer sets its spatial size, then prices the current sizes from the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import eval_mode, example_input
+from .export import FixedDynOPool2d
 from .layer import DynOPool2d
 
 with warnings.catch_warnings():
@@ -32,7 +34,10 @@ with warnings.catch_warnings():
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 
-__all__ = ["GMACsCost", "MACsReport", "count_macs", "flop_analysis"]
+__all__ = ["GMACsCost", "MACsReport", "count_macs", "flop_analysis", "resizer_macs"]
+
+RESIZERS = (DynOPool2d, FixedDynOPool2d)
+"""The modules whose MACs are counted by :func:`resizer_macs` (a learned DynOPool and its frozen form)."""
 
 
 def _pool_handle(per_window_offset: int) -> Callable[[list[Any], list[Any]], int]:
@@ -47,13 +52,9 @@ def _pool_handle(per_window_offset: int) -> Callable[[list[Any], list[Any]], int
 
 
 def _dynopool_handle(inputs: list[Any], outputs: list[Any]) -> int:
-    """fvcore handle for DynOPool: the separable sampling (one MAC per interpolated value,
-    none where the query points are pixels) and 3 operations per output for the 2x2
-    aggregation."""
-    n, c, in_h, in_w = get_shape(inputs[0])
-    query_h, query_w = get_shape(inputs[1])[0], get_shape(inputs[2])[0]
-    sampling = 0 if (query_h, query_w) == (in_h, in_w) else n * c * query_h * (in_w + query_w)
-    return sampling + 3 * math.prod(get_shape(outputs[0]))
+    """fvcore handle for a direct call of :func:`~dynopool_nas.ops.dynopool2d` (a layer's
+    calls are counted by :func:`resizer_macs` per module, see :func:`_own_macs`)."""
+    return resizer_macs(get_shape(inputs[0]), get_shape(outputs[0]))
 
 
 OP_HANDLES: dict[str, Callable[[list[Any], list[Any]], Any]] = {
@@ -74,17 +75,62 @@ def flop_analysis(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -
     return analysis
 
 
+def _dynopool_work(in_size: Tensor, out_size: Tensor) -> Tensor:
+    """A DynOPool's MACs per channel and image, the one formula behind every count: the
+    separable sampling of ``2h`` rows of ``W_in`` (one ``lerp`` per value) and then ``2h x 2w``
+    queries (none where every query is a pixel, ``in = 2 * out``), and 3 operations per output
+    for the 2x2 aggregation."""
+    (height, width), in_width = out_size, in_size[1]
+    aligned = ((in_size - 2 * out_size).abs() < 0.5).all()
+    sampling = 2 * height * (in_width + 2 * width)
+    return torch.where(aligned, torch.zeros_like(sampling), sampling) + 3 * height * width
+
+
+def resizer_macs(input_shape: Sequence[int], output_shape: Sequence[int]) -> int:
+    """MACs of one call of a DynOPool2d or a FixedDynOPool2d on an (N, C, H, W) input: both
+    compute the same thing, so both cost :func:`_dynopool_work` per channel and image, however
+    the operators that run it happen to be traced."""
+    n, c, in_h, in_w = input_shape
+    out_h, out_w = output_shape[-2:]
+    work = _dynopool_work(torch.tensor((in_h, in_w), dtype=torch.float64),
+                          torch.tensor((out_h, out_w), dtype=torch.float64))
+    return n * c * round(float(work))
+
+
+def _resizer_macs_by_module(model: nn.Module, example: Tensor) -> dict[str, int]:
+    """MACs of every resizer module (all its calls together) by module name, from one forward pass."""
+    names = {id(module): name for name, module in model.named_modules() if isinstance(module, RESIZERS)}
+    macs = dict.fromkeys(names.values(), 0)
+
+    def record(module: nn.Module, args: Any, output: Tensor) -> None:
+        macs[names[id(module)]] += resizer_macs(args[0].shape, output.shape)
+
+    handles = [module.register_forward_hook(record) for module in model.modules() if isinstance(module, RESIZERS)]
+    try:
+        with eval_mode(model):
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return macs
+
+
 def _own_macs(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> tuple[dict[str, int], int]:
-    """MACs per module that its own forward performs (children excluded), and the total."""
+    """MACs per module that its own forward performs (children excluded), and the total. A
+    resizer's are :func:`resizer_macs`, whichever operators run it."""
+    example = example_input(model, input_size)
     with eval_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        analysis = flop_analysis(model, input_size)
+        analysis = flop_analysis(model, example)
         by_module = analysis.by_module()
         total = analysis.total()
     own: dict[str, int] = {}
     for name, module in model.named_modules():
         children = sum(by_module.get(f"{name}.{c}" if name else c, 0) for c, _ in module.named_children())
         own[name] = by_module.get(name, 0) - children
+    for name, macs in _resizer_macs_by_module(model, example).items():
+        total += macs - own[name]
+        own[name] = macs
     return own, total
 
 
@@ -94,7 +140,7 @@ class MACsReport:
 
     Attributes:
         total: MACs of one image.
-        dynopool: MACs spent inside DynOPool2d layers.
+        dynopool: MACs spent inside DynOPool2d layers (and their frozen FixedDynOPool2d form).
         layers: one row per module with its own MACs (columns ``name``, ``type``, ``macs``).
     """
 
@@ -118,18 +164,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> M
     modules = dict(model.named_modules())
     rows = [(name, type(modules[name]).__name__, macs) for name, macs in own.items() if macs]
     layers = pd.DataFrame(rows, columns=["name", "type", "macs"])
-    dynopool = int(layers.loc[layers["type"] == DynOPool2d.__name__, "macs"].sum())
+    dynopool = int(layers.loc[layers["type"].isin([t.__name__ for t in RESIZERS]), "macs"].sum())
     return MACsReport(total=int(total), dynopool=dynopool, layers=layers)
-
-
-def _dynopool_work(in_size: Tensor, out_size: Tensor) -> Tensor:
-    """A DynOPool's MACs per channel and image, as :data:`OP_HANDLES` count them: the separable
-    sampling of ``2h`` rows of ``W_in`` and then ``2h x 2w`` queries (none where every query is a
-    pixel, ``in = 2 * out``), and 3 operations per output."""
-    (height, width), in_width = out_size, in_size[1]
-    aligned = ((in_size - 2 * out_size).abs() < 0.5).all()
-    sampling = 2 * height * (in_width + 2 * width)
-    return torch.where(aligned, torch.zeros_like(sampling), sampling) + 3 * height * width
 
 
 def gate_keys(name: str, gates: Mapping[str, Any]) -> tuple[str, ...]:
@@ -165,7 +201,9 @@ class _Source:
 
 class _Probe:
     """Runs one forward pass and records, in call order, every size source and every layer's
-    governing source: the latest source whose output size equals the layer's input size."""
+    governing source: the latest source whose output size equals the layer's input size. A
+    container's own operations (a functional pooling in its ``forward``) are taken to read the
+    last feature map its children produced, as a model's head does."""
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int]) -> None:
         self.model = model
@@ -173,6 +211,7 @@ class _Probe:
         self.calls: dict[str, list[int]] = {}
         self._entry: dict[int, list[int]] = {}
         self._names = {id(m): n for n, m in model.named_modules()}
+        self._last_map: tuple[int, int] | None = None
 
     def _governing(self, size: tuple[int, int] | None) -> int:
         if size is None:
@@ -194,9 +233,12 @@ class _Probe:
             self._entry[id(module)][-1] = len(self.sources) - 1
         elif isinstance(module, _FIXED_SIZE_OUTPUT) and out_size:
             self.sources.append(_Source(size0=out_size))
-        elif in_size and out_size and in_size != out_size and not any(True for _ in module.children()):
+        elif any(True for _ in module.children()):
+            self._entry[id(module)][-1] = self._governing(self._last_map)
+        elif in_size and out_size and in_size != out_size:
             ratio = (out_size[0] / in_size[0], out_size[1] / in_size[1])
             self.sources.append(_Source(size0=out_size, parent=parent, ratio=ratio))
+        self._last_map = out_size or self._last_map
         self.calls[name] = self._entry[id(module)]
 
     def run(self, example: Tensor) -> None:
@@ -271,7 +313,7 @@ class GMACsCost:
             calls = probe.calls.get(name, [-1])
             keys = gate_keys(name, gates)
             for source in calls:
-                share = macs / len(calls) / 1e9
+                share = macs / len(calls)
                 if isinstance(modules[name], DynOPool2d) and source >= 0:
                     per_channel = float(_dynopool_work(sizes0[probe.sources[source].parent], sizes0[source]))
                     pool_terms[source, keys] = pool_terms.get((source, keys), 0.0) + share / per_channel
@@ -299,23 +341,27 @@ class GMACsCost:
         return sizes
 
     def __call__(self, hard: bool = False) -> Tensor:
-        """Current GMACs of one image, differentiable w.r.t. every DynOPool's alpha (and, with
-        soft gates, every gate's parameters)."""
-        sizes = self.sizes()
+        """Current GMACs of one image (float64), differentiable w.r.t. every DynOPool's alpha
+        (and, with soft gates, every gate's parameters). The MACs of an architecture (no gates,
+        or ``hard=True``) are a whole number: the value is rounded to one, with the gradient of
+        the unrounded sum, so that it is :func:`count_macs`'s count where the cost model is exact."""
+        sizes = [size.double() for size in self.sizes()]
         one = sizes[0].new_ones(())
         gate_values = {key: gate(hard) for key, gate in self.gates.items()}
-        total = sizes[0].new_zeros(())
+        macs = sizes[0].new_zeros(())
         for (source, keys), coefficient in self.terms.items():
             term = coefficient * (sizes[source].prod() if source >= 0 else one)
             for key in keys:
                 term = term * gate_values[key]
-            total = total + term
+            macs = macs + term
         for (source, keys), per_work in self.pool_terms.items():
             term = per_work * _dynopool_work(sizes[self.sources[source].parent], sizes[source])
             for key in keys:
                 term = term * gate_values[key]
-            total = total + term
-        return total
+            macs = macs + term
+        if hard or not self.gates:
+            macs = macs + (macs.detach().round() - macs.detach())
+        return macs / 1e9
 
     def feature_map_sizes(self) -> dict[str, tuple[int, int]]:
         """Every DynOPool's current output size at the reference input, by layer name."""
