@@ -82,7 +82,10 @@ def _tap(coords_ptr, index, mask, size):
 
 @_jit
 def _query(plane, row_tap, col_tap, row_stride, col_stride, mask, ACC: tl.constexpr):
-    """A query point: the bilinear blend of its four pixels, rows first (as the CPU kernel)."""
+    """A query point: its four pixels weighted as ``grid_sample`` weights them, ``(1 - w) a + w b``
+    (an infinite pixel with a positive weight stays infinite; a pixel inside the input with weight
+    0 still counts, since 0 * inf is NaN), rows first, as the CPU kernel; on the last row or
+    column, which has no neighbour past it, the pixel alone."""
     row_lower, row_upper, row_weight = row_tap
     col_lower, col_upper, col_weight = col_tap
     row_weight, col_weight = row_weight.to(ACC), col_weight.to(ACC)
@@ -90,9 +93,10 @@ def _query(plane, row_tap, col_tap, row_stride, col_stride, mask, ACC: tl.conste
     bottom_left = tl.load(plane + row_upper * row_stride + col_lower * col_stride, mask=mask, other=0).to(ACC)
     top_right = tl.load(plane + row_lower * row_stride + col_upper * col_stride, mask=mask, other=0).to(ACC)
     bottom_right = tl.load(plane + row_upper * row_stride + col_upper * col_stride, mask=mask, other=0).to(ACC)
-    left = top_left + row_weight * (bottom_left - top_left)
-    right = top_right + row_weight * (bottom_right - top_right)
-    return left * (1 - col_weight) + right * col_weight
+    below = row_upper != row_lower
+    left = tl.where(below, (1 - row_weight) * top_left + row_weight * bottom_left, top_left)
+    right = tl.where(below, (1 - row_weight) * top_right + row_weight * bottom_right, top_right)
+    return tl.where(col_upper != col_lower, left * (1 - col_weight) + right * col_weight, left)
 
 
 @_jit

@@ -144,10 +144,13 @@ def test_half_scale_is_max_pool2d_with_ties_and_nan(layout, kernels):
 
 @interpreted
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
-def test_ties_and_nan_off_the_grid_like_the_cpu_kernels(layout, kernels, cpu_ops):
+def test_ties_nan_and_infinity_off_the_grid_like_the_cpu_kernels(layout, kernels, cpu_ops):
+    """Plateaus (ties inside and across cells), NaN, and infinities, which stay infinite where
+    weighted as ``grid_sample`` weights (``(1 - w) a + w b``, not ``a + w (b - a)``)."""
     x = torch.zeros(2, 3, 9, 11)
-    x[:, 1] = torch.randint(0, 2, (2, 9, 11)).float()  # plateaus: ties inside and across cells
+    x[:, 1] = torch.randint(0, 2, (2, 9, 11)).float()
     x[0, 2, 4, 4] = x[1, 0, 0, 10] = float("nan")
+    x[0, 0, 3, 5], x[1, 2, 8, 7], x[1, 1, 2, 0] = float("inf"), float("-inf"), float("inf")
     x = x.to(memory_format=layout)
     rows, cols = _coordinates((9, 11), (4, 5))
     values, codes = kernels.max_forward(x, rows, cols)
