@@ -98,16 +98,36 @@ def _normalized_groups(optimizer: torch.optim.Optimizer) -> Iterable[dict[str, A
     return (group for group in optimizer.param_groups if group.get(SCALE_STEP_KEY) == "normalized")
 
 
+def _normalize_before_step(optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Normalize the gradients now or, for a step given a closure (which computes them, as
+    Lightning's do), right after the closure has run."""
+    groups = list(_normalized_groups(optimizer))
+    if not groups:
+        return None
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+    if closure is None:
+        _normalize_groups(optimizer, groups)
+        return None
+
+    def normalized_closure() -> Any:
+        loss = closure()
+        _normalize_groups(optimizer, groups)
+        return loss
+
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": normalized_closure}
+    return (args[0], normalized_closure, *args[2:]), kwargs
+
+
 @torch.no_grad()
-def _normalize_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    for group in _normalized_groups(optimizer):
-        states = _RMS_STATE.get(optimizer)
-        if states is None:
-            states = _RMS_STATE[optimizer] = WeakIdKeyDictionary()
+def _normalize_groups(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
+    states = _RMS_STATE.get(optimizer)
+    if states is None:
+        states = _RMS_STATE[optimizer] = WeakIdKeyDictionary()
+    for group in groups:
         for param in group["params"]:
-            if param.grad is None:
-                continue
-            _normalize_(param, states)
+            if param.grad is not None:
+                _normalize_(param, states)
 
 
 def _normalize_(param: Tensor, states: WeakIdKeyDictionary) -> None:

@@ -203,3 +203,37 @@ def test_scales_given_as_tensors_and_numpy_numbers_are_accepted(scale, expected)
 def test_bad_scale_arguments_say_what_is_expected(kwargs, error):
     with pytest.raises(error, match=r"scale|max_size"):
         DynOPool2d(**kwargs)
+
+
+def test_normalization_applies_to_steps_that_take_a_closure():
+    layer = DynOPool2d(0.5)
+    optimizer = torch.optim.SGD(param_groups(layer, lr=0.1, alpha_lr=0.01), momentum=0.9)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = 1e3 * _push(layer, _ramp(), UP)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert torch.allclose(layer.alpha.detach(), torch.full((2,), 2.0 * (1 - 0.01)))
+
+
+@pytest.mark.parametrize("scale_step", ["normalized", "plain"])
+def test_fit_takes_normalized_scale_steps_by_default(scale_step):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dynopool_nas import GMACsCost, dynopoolify
+    from dynopool_nas.models import small_cnn
+    from dynopool_nas.train import fit
+
+    model = dynopoolify(small_cnn(num_classes=2, in_chans=1, width=4))
+    cost = GMACsCost.from_model(model, (1, 16, 16))
+    start = [m.alpha.detach().clone() for m in model.modules() if isinstance(m, DynOPool2d)]
+    data = DataLoader(TensorDataset(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])), batch_size=4)
+    kwargs = {} if scale_step == "normalized" else {"scale_step": scale_step}
+    fit(model, data, data, cost, epochs=1, lr=0.05, progress=False, accelerator="cpu", **kwargs)
+    end = [m.alpha.detach() for m in model.modules() if isinstance(m, DynOPool2d)]
+    relative = torch.cat([((b - a) / a).abs() for a, b in zip(start, end)])
+    # one Nesterov step (momentum 0.9) of lr / 10: 1.9 * 0.005 of each alpha when normalized
+    assert torch.allclose(relative, torch.full_like(relative, 0.0095), rtol=1e-3) == (scale_step == "normalized")
