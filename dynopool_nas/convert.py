@@ -35,9 +35,10 @@ parameters move into a new ``nn.Sequential`` change their ``state_dict`` keys, s
 pretrained weights first.
 
 NNI search spaces (a ``ModelSpace``, or any NNI mutable module with choices left) are refused:
-freezing a space rebuilds its layers from its own recipe, which drops the DynOPools. Convert a
-human model and search it with ``search_spaces.ConvertedSpace``, use the DynOPool spaces
-(``DynOPoolCellSpace``, ``EfficientNetSpace``), or convert a frozen (fixed) architecture.
+freezing a space rebuilds its layers from its own recipe, which drops the DynOPools. Convert the
+human model first and build the space around the converted model (as
+``search_spaces.ConvertedSpace`` does), use the DynOPool spaces (``DynOPoolCellSpace``,
+``EfficientNetSpace``), or convert a frozen (fixed) architecture.
 """
 
 from __future__ import annotations
@@ -274,9 +275,9 @@ def _refuse_search_space(model: nn.Module) -> None:
     raise ValueError(
         f"dynopoolify: {type(model).__name__} is an NNI search space: {where} has choices left ({shown}). "
         "Freezing a space rebuilds its layers from its own recipe, which drops the DynOPools, so a space "
-        "cannot be converted. Convert a human model and search its scales with "
-        "search_spaces.ConvertedSpace, search with search_spaces.DynOPoolCellSpace or EfficientNetSpace, "
-        "or convert a frozen architecture (space.freeze(sample))."
+        "cannot be converted. Convert the human model first and build the space around the converted model "
+        "(as search_spaces.ConvertedSpace does), search the DynOPool spaces search_spaces.DynOPoolCellSpace "
+        "or EfficientNetSpace, or convert a frozen architecture (space.freeze(sample))."
     )
 
 
@@ -290,10 +291,28 @@ _Step = int | str | tuple[str, int, int]
 @dataclass(frozen=True)
 class _Map:
     """Where a feature map's size comes from: the resizers it went through since the input (a
-    DynOPool by ``id``, any other resize as ``('fixed', h, w)``), and its size in the probe."""
+    DynOPool by ``id``, any other resize as ``('fixed', h, w)``), and the map's size in the probe
+    before the first of them and after each."""
 
     chain: tuple[_Step, ...]
-    size: tuple[int, int]
+    sizes: tuple[tuple[int, int], ...]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.sizes[-1]
+
+    def then(self, step: _Step, size: tuple[int, int]) -> _Map:
+        return _Map((*self.chain, step), (*self.sizes, size))
+
+    def resized_to(self, size: tuple[int, int]) -> _Map:
+        """After a fixed resize to ``size``; a run of fixed resizes that comes back to an earlier
+        size of the run (a pad and a crop) cancels out."""
+        end = len(self.chain)
+        while end > 0 and isinstance(self.chain[end - 1], tuple):
+            end -= 1
+            if self.sizes[end] == size:
+                return _Map(self.chain[:end], self.sizes[:end + 1])
+        return self.then(("fixed", *size), size)
 
 
 def _holds(shape: tuple[int, ...], size: tuple[int, int]) -> bool:
@@ -343,7 +362,7 @@ class _Meetings(TorchFunctionMode):
         self.parent[b] = a
 
     def canonical(self, label: _Map) -> _Map:
-        return _Map(tuple(self.find(s) if isinstance(s, int) else s for s in label.chain), label.size)
+        return _Map(tuple(self.find(s) if isinstance(s, int) else s for s in label.chain), label.sizes)
 
     # labels of the tensors of this forward pass
     def label(self, tensor: Tensor) -> _Map | str | None:
@@ -379,8 +398,7 @@ class _Meetings(TorchFunctionMode):
         if _holds(shape, label.size):
             return label
         if tensor.dim() == 4 and source_dim == 4 and min(shape[-2:]) > 1:
-            size = (int(shape[-2]), int(shape[-1]))
-            return _Map((*label.chain, ("fixed", *size)), size)
+            return label.resized_to((int(shape[-2]), int(shape[-1])))
         return None
 
     def meet(self, maps: list[_Map]) -> _Map:
@@ -416,15 +434,17 @@ class _Meetings(TorchFunctionMode):
         self.where.pop()
 
     def resized(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        source = self.label(args[0]) if args else None
-        chain = source.chain if isinstance(source, _Map) else (source,) if source is not None else ()
-        self.set_label(output, _Map((*chain, id(module)), (int(output.shape[-2]), int(output.shape[-1]))))
+        source = self.label(args[0])
+        size = (int(output.shape[-2]), int(output.shape[-1]))
+        if not isinstance(source, _Map):
+            source = _Map((), (size,)) if source is None else _Map((source,), (size, size))
+        self.set_label(output, source.then(id(module), size))
 
     def run(self, model: nn.Module, example: Tensor, on_meta: bool) -> None:
         """One forward pass of ``model`` on ``example``, on the meta device or as it is."""
         if on_meta:
             example = torch.empty_like(example, device="meta")
-        self.set_label(example, _Map((), (int(example.shape[-2]), int(example.shape[-1]))))
+        self.set_label(example, _Map((), ((int(example.shape[-2]), int(example.shape[-1])),)))
         with _meta_state(model) if on_meta else contextlib.nullcontext(), self:
             model(example)
 
