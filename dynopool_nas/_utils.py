@@ -14,14 +14,15 @@ from torch import Tensor, nn
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode without gradients, restoring its mode afterwards."""
-    was_training = model.training
+    """Run ``model`` in eval mode without gradients, restoring every module's mode afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def example_input(model: nn.Module, input_size: tuple[int, int, int] | Tensor) -> Tensor:
