@@ -43,13 +43,12 @@ try:
 except ImportError:  # the kernels below are defined but never launched
     triton = tl = knobs = None
 
-INTERPRET_VARIABLE = "TRITON_INTERPRET"
 # whether the kernels of this module were built for Triton's interpreter (CPU tensors)
 INTERPRETED: bool = knobs is not None and bool(knobs.runtime.interpret)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 COORDINATE_DTYPES = (torch.float32, torch.float64)
-_MAX_ELEMENTS = 2**31 - 1  # indices are 32-bit
 _TILE = 1024  # elements per program
+_MAX_ELEMENTS = 2**31 - 1 - _TILE  # indices are 32-bit
 _NUM_WARPS = 4
 
 
@@ -361,7 +360,7 @@ def _aligned(x: Tensor, rows: Tensor, cols: Tensor) -> bool:
     return (rows.numel(), cols.numel()) == tuple(x.shape[-2:])
 
 
-def _check_coordinates(name: str, x: Tensor, rows: Tensor, cols: Tensor) -> None:
+def _check_inputs(name: str, x: Tensor, rows: Tensor, cols: Tensor) -> None:
     for what, coords in (("rows", rows), ("cols", cols)):
         if coords.dim() != 1 or coords.numel() == 0 or coords.numel() % 2:
             raise ValueError(f"dynopool_nas.{name}: expected 2*H_out row and 2*W_out column coordinates (1-D, even, "
@@ -372,6 +371,10 @@ def _check_coordinates(name: str, x: Tensor, rows: Tensor, cols: Tensor) -> None
     if x.dim() != 4 or x.dtype not in DTYPES:
         raise ValueError(f"dynopool_nas.{name}: expected a 4-D float32, float16, bfloat16 or float64 input, got "
                          f"{x.dim()}-D {x.dtype}")
+    out_elements = x.shape[0] * x.shape[1] * (rows.numel() // 2) * (cols.numel() // 2)
+    if max(x.numel(), out_elements) > _MAX_ELEMENTS:
+        raise ValueError(f"dynopool_nas.{name}: the Triton kernels index with 32 bits; a map of {x.numel()} elements "
+                         f"resized to {out_elements} is too large: split the batch")
 
 
 def forward_launch(x: Tensor, rows: Tensor, cols: Tensor, values: Tensor, codes: Tensor) -> Launch:
@@ -393,7 +396,7 @@ def max_forward(x: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
     """Max DynOPool's output (N, C, H_out, W_out), its queries sampled at ``rows`` x ``cols``
     (``2*H_out`` and ``2*W_out`` input pixel coordinates), and the winner of each 2x2 window as a
     uint8 code ``2a + b`` for query ``(2p + a, 2q + b)``; both in ``x``'s memory format."""
-    _check_coordinates("max_forward", x, rows, cols)
+    _check_inputs("max_forward", x, rows, cols)
     rows, cols = rows.detach().contiguous(), cols.detach().contiguous()
     shape = (x.shape[0], x.shape[1], rows.numel() // 2, cols.numel() // 2)
     values = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
@@ -465,7 +468,7 @@ def max_backward(grad: Tensor, x: Tensor, codes: Tensor, rows: Tensor, cols: Ten
                  input_grad: bool) -> tuple[Tensor | None, Tensor, Tensor]:
     """Gradients of max DynOPool to its input (``None`` unless ``input_grad``), its row and its
     column coordinates, from the output's gradient and :func:`max_forward`'s codes."""
-    _check_coordinates("max_backward", x, rows, cols)
+    _check_inputs("max_backward", x, rows, cols)
     expected = (x.shape[0], x.shape[1], rows.numel() // 2, cols.numel() // 2)
     if tuple(grad.shape) != expected or tuple(codes.shape) != expected:
         raise ValueError(f"dynopool_nas.max_backward: grad and codes must have shape {expected} (N, C, H_out, W_out); "
