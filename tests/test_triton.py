@@ -3,7 +3,6 @@ compiled CPU kernels, the float64 grid_sample reference and max_pool2d; and comp
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from reference import reference_dynopool
 
-from dynopool_nas import _extension
+from dynopool_nas import _extension, _triton
 from dynopool_nas.ops import query_coordinates
 
 pytest.importorskip("triton")
@@ -22,7 +21,6 @@ pytest.importorskip("triton")
 # (input H, W) -> (output H, W): off the grid, upsampling, pixel-aligned (r = 1/2), odd and tiny
 CASES = [((9, 11), (4, 5)), ((5, 4), (8, 7)), ((8, 10), (4, 5)), ((5, 3), (2, 2))]
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
-
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 # Triton builds its library functions (tl.sum, ...) when it is imported, interpreted only if the
@@ -34,9 +32,8 @@ interpreted = pytest.mark.skipif(not INTERPRETING, reason="runs in a subprocess 
 @pytest.fixture(scope="module")
 def kernels():
     """``dynopool_nas._triton``, its kernels built for Triton's interpreter (CPU tensors)."""
-    module = importlib.import_module("dynopool_nas._triton")
-    assert module.INTERPRETED
-    return module
+    assert _triton.INTERPRETED
+    return _triton
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +271,6 @@ def test_kernels_in_the_triton_interpreter():
 
 @pytest.mark.skipif(INTERPRETING, reason="runs in the suite's own process")
 def test_cpu_tensors_need_the_interpreter():
-    from dynopool_nas import _triton
-
     assert not _triton.INTERPRETED and not _triton.available(torch.zeros(1, 1, 4, 4))
 
 
