@@ -2,20 +2,28 @@
 
 Max DynOPool's forward pass, which samples the query points and takes each 2x2 maximum in one
 pass (keeping a one-byte code of the winner instead of ``max_pool2d``'s eight-byte index and no
-query grid), and its backward pass in one pass over the output. They are
-compiled with ``torch.utils.cpp_extension`` the first time a CPU forward needs them (about
-15 s, cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Where
-they cannot be built (no C++ compiler) the layer falls back to PyTorch operators, which give
-the same values, more slowly; ``DYNOPOOL_NAS_NO_EXTENSION=1`` selects the fallback without
-trying.
+query grid), and its backward pass in one pass over the output. They are compiled with
+``torch.utils.cpp_extension`` the first time a CPU forward needs them (about 15 s, cached under
+``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``, in a folder named by a hash
+of the source, the compiler flags and the torch they build against, so that checkouts and
+versions never rebuild each other's). Where they cannot be built (no C++ compiler) the layer
+falls back to PyTorch operators, which give the same values, more slowly;
+``DYNOPOOL_NAS_NO_EXTENSION=1`` selects the fallback without trying.
+
+The ops ``torch.ops.dynopool_nas.max_forward`` / ``max_backward`` get their derivative and their
+fake (shape-only) implementation as they load: ``max_forward`` differentiates like the layer
+(second derivatives included), and ``max_backward``, which has no derivative of its own, refuses
+inputs that require one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +32,8 @@ import torch
 
 DISABLE_VARIABLE = "DYNOPOOL_NAS_NO_EXTENSION"
 _SOURCE = Path(__file__).with_name("csrc") / "dynopool_cpu.cpp"
+_CFLAGS = ("-O3", "-fopenmp")
+_LDFLAGS = ("-fopenmp",)
 _loaded: bool | None = None
 _enabled = True
 
@@ -38,6 +48,35 @@ def _ninja_on_path() -> None:
             os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
+def build_name(source: bytes) -> str:
+    """The extension's name (and build folder): a hash of what the build depends on -- the
+    source, the compiler flags and the torch installation it compiles against -- and not of
+    where the source lives."""
+    digest = hashlib.sha256()
+    for part in (source, repr((_CFLAGS, _LDFLAGS)).encode(), torch.__version__.encode(),
+                 str(Path(torch.__file__).parent).encode()):
+        digest.update(hashlib.sha256(part).digest())
+    return f"dynopool_nas_cpu_{digest.hexdigest()[:16]}"
+
+
+def build_directory(source: bytes) -> Path:
+    """Where :func:`build_name`'s extension is built, under ``TORCH_EXTENSIONS_DIR``."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(build_name(source), verbose=False))
+
+
+def _source_in(directory: Path, source: bytes) -> Path:
+    """The source, copied into the build folder: every checkout compiles the same file with the
+    same command, so that ninja finds the build up to date. Written atomically."""
+    target = directory / _SOURCE.name
+    if not target.is_file() or target.read_bytes() != source:
+        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as file:
+            file.write(source)
+        os.replace(file.name, target)
+    return target
+
+
 def _load() -> bool:
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
@@ -49,8 +88,11 @@ def _load() -> bool:
 
     try:
         _ninja_on_path()
-        load(name="dynopool_nas_cpu", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-             extra_ldflags=["-fopenmp"], is_python_module=False)
+        source = _SOURCE.read_bytes()
+        directory = build_directory(source)
+        directory.mkdir(parents=True, exist_ok=True)
+        load(name=build_name(source), sources=[str(_source_in(directory, source))], build_directory=str(directory),
+             extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS), is_python_module=False)
     except Exception as error:  # any build failure means: use the fallback
         warnings.warn(
             f"dynopool_nas: could not build the C++ kernels ({type(error).__name__}: {error}); DynOPool runs on "
@@ -58,7 +100,52 @@ def _load() -> bool:
             f"or set {DISABLE_VARIABLE}=1 to skip the build.",
             RuntimeWarning, stacklevel=3)
         return False
+    _register_derivatives()
     return True
+
+
+def _register_derivatives() -> None:
+    """Give the loaded ops their derivatives and fake implementations (see the module's doc)."""
+    from . import ops  # ops imports this module; the derivative is its backward pass, the layer's
+
+    torch.library.register_fake("dynopool_nas::max_forward")(_fake_max_forward)
+    torch.library.register_fake("dynopool_nas::max_backward")(_fake_max_backward)
+    torch.library.register_autograd("dynopool_nas::max_forward", ops.kernel_backward(ops.CPU_KERNELS),
+                                    setup_context=ops.kernel_setup_context)
+    torch.library.register_autograd("dynopool_nas::max_backward", _no_derivative, setup_context=_refuse_gradients)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The layout the kernels compute in and return (any other layout is made contiguous)."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _fake_max_forward(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (x.shape[0], x.shape[1], rows.shape[0] // 2, cols.shape[0] // 2)
+    values = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_layout(x))
+    return values, torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=_layout(x))
+
+
+def _fake_max_backward(grad: torch.Tensor, x: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor,
+                       cols: torch.Tensor, input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_x = torch.empty_like(x) if input_grad else x.new_empty(0)
+    return grad_x, rows.new_empty(rows.shape), cols.new_empty(cols.shape)
+
+
+_NO_DERIVATIVE = (
+    "dynopool_nas::max_backward has no derivative of its own; for second derivatives differentiate "
+    "dynopool_nas::max_forward (or DynOPool2d) with create_graph=True, which computes its backward pass "
+    "in differentiable PyTorch operators"
+)
+
+
+def _refuse_gradients(ctx: object, inputs: tuple[object, ...], output: tuple[torch.Tensor, ...]) -> None:
+    raise RuntimeError(_NO_DERIVATIVE)
+
+
+def _no_derivative(ctx: object, *grads: torch.Tensor) -> tuple[None, ...]:
+    raise RuntimeError(_NO_DERIVATIVE)
 
 
 def cpu_kernel_available() -> bool:
@@ -69,14 +156,6 @@ def cpu_kernel_available() -> bool:
     if _loaded is None:
         _loaded = _load()
     return _loaded
-
-
-def usable_for(x: torch.Tensor) -> bool:
-    """Whether the kernels may compute on ``x``: a CPU tensor in eager mode (TorchScript,
-    tracing, ONNX export and torch.compile see ``max_pool2d``, which gives the same values)."""
-    if x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    return cpu_kernel_available()
 
 
 @contextlib.contextmanager
@@ -91,8 +170,9 @@ def pytorch_fallback() -> Iterator[None]:
 
 
 def max_forward(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max DynOPool's output, its queries sampled at ``rows`` x ``cols`` and compared in one pass,
-    and the winner of each 2x2 window as a uint8 code ``2a + b`` for query ``(2p + a, 2q + b)``."""
+    """Max DynOPool's output, its queries sampled at ``rows`` x ``cols`` (input pixel coordinates
+    in ``[0, size - 1]``) and compared in one pass, and the winner of each 2x2 window as a uint8
+    code ``2a + b`` for query ``(2p + a, 2q + b)``."""
     return torch.ops.dynopool_nas.max_forward(x, rows, cols)
 
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._utils import eval_mode, example_input
 from .layer import DynOPool2d
-from .ops import AGGREGATIONS, Aggregation, _query_grid, query_coordinates, sample_max
+from .ops import AGGREGATIONS, Aggregation, pool_queries, query_coordinates
 
 __all__ = ["FixedDynOPool2d", "freeze_dynopools"]
 
 
 class FixedDynOPool2d(nn.Module):
     """What a trained :class:`DynOPool2d` computes, at a fixed output size and without a
-    learnable scale: the same query points (eq. 4.2, placed for ``output_size``) and the same
-    aggregation, so its output equals the learned layer's bit for bit."""
+    learnable scale: the same query points (eq. 4.2, placed for ``output_size``), the same
+    aggregation and the same autograd Function, so its output and its input gradient equal the
+    learned layer's bit for bit, and a frozen model trains as the learned one with its scales
+    held. TorchScript runs the same computation in PyTorch operators."""
 
     def __init__(self, output_size: tuple[int, int], aggregation: Aggregation = "max") -> None:
         super().__init__()
@@ -33,9 +34,7 @@ class FixedDynOPool2d(nn.Module):
         (in_h, in_w), (out_h, out_w) = x.shape[-2:], self.output_size
         size = torch.tensor(self.output_size, dtype=torch.float32, device=x.device)
         rows, cols = query_coordinates(in_h, out_h, size[0]), query_coordinates(in_w, out_w, size[1])
-        if self.aggregation == "max":
-            return sample_max(x, rows, cols)
-        return F.avg_pool2d(_query_grid(x, rows, cols), kernel_size=2, stride=2)
+        return pool_queries(x, rows, cols, self.aggregation)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, aggregation={self.aggregation!r}"

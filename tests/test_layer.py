@@ -1,4 +1,6 @@
 import contextlib
+import copy
+import io
 import math
 import os
 import random
@@ -304,11 +306,31 @@ def test_output_may_be_modified_in_place_before_backward():
     assert x.grad is not None and torch.isfinite(model[0].alpha.grad).all()
 
 
-def test_the_gather_form_of_the_query_grid_used_on_gpus_equals_the_matrix_form():
-    import dynopool_nas.ops as ops
+def test_a_trained_model_can_be_copied_averaged_frozen_and_pickled():
+    from timm.utils import ModelEmaV3
+    from torch.optim.swa_utils import AveragedModel
 
-    x = torch.randn(2, 3, 11, 13, dtype=torch.float64)
-    size = torch.tensor([7.0, 9.0], dtype=torch.float64)
-    rows, cols = ops.query_coordinates(11, 7, size[0]), ops.query_coordinates(13, 9, size[1])
-    gathered = ops._resample(ops._resample(x, rows, -2), cols, -1)
-    assert torch.allclose(gathered, ops._queries(x, rows, cols), atol=1e-12, rtol=0)
+    from dynopool_nas import create_model, dynopool_layers, dynopoolify, freeze_dynopools
+
+    model = dynopoolify(create_model("small_cnn", num_classes=4, in_chans=2))
+    x = torch.randn(4, 2, 16, 16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model(x).square().mean().backward()
+    optimizer.step()
+    model(x)  # a forward pass with autograd on: the modules must keep none of its graph
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(copied(x), model(x))
+    freeze_dynopools(model, (2, 16, 16))
+    ModelEmaV3(model).update(model)
+    AveragedModel(model).update_parameters(model)
+    assert all(name.endswith(("weight", "bias", "alpha", "running_mean", "running_var", "num_batches_tracked"))
+               for name in model.state_dict())
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    _, layer = next(iter(dynopool_layers(model)))
+    assert layer.size.tolist() == [8.0, 8.0] and layer.size.requires_grad

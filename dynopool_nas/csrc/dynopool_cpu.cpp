@@ -8,6 +8,10 @@
 // to those four pixels (input gradient) and, through the bilinear derivative, to its row and
 // its column coordinate. On a pixel the derivative is the forward difference, as grid_sample
 // takes it; on the border the upper tap equals the lower.
+//
+// A query is weighted as grid_sample weights it, NaN and infinity included: (1 - w) a + w b, so
+// that an infinite pixel with a positive weight stays infinite; a pixel inside the input with
+// weight 0 still counts (0 * inf is NaN); a pixel past the last row or column does not.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -115,7 +119,7 @@ DYNOPOOL_VECTOR_CLONES void max2x2_items(const at::Tensor& grid, at::Tensor& val
 
 struct Taps {
   std::vector<int64_t> lower;
-  std::vector<int64_t> upper;
+  std::vector<int64_t> upper;  // equal to lower on the last pixel, where there is no upper tap
   std::vector<double> weight;  // of the upper tap
 };
 
@@ -129,7 +133,7 @@ Taps linear_taps(const at::Tensor& coords, int64_t in_size) {
     taps.lower[i] = static_cast<int64_t>(lower);
     taps.upper[i] = std::min(taps.lower[i] + 1, in_size - 1);
     taps.weight[i] = data[i] - lower;
-    TORCH_CHECK(taps.lower[i] >= 0 && taps.lower[i] < in_size,
+    TORCH_CHECK(data[i] >= 0 && data[i] <= static_cast<double>(in_size - 1),
                 "dynopool_nas: query coordinate ", data[i], " lies outside [0, ", in_size - 1, "]");
   }
   return taps;
@@ -155,18 +159,26 @@ std::vector<acc_t> weights_as(const Taps& taps) {
   return std::vector<acc_t>(taps.weight.begin(), taps.weight.end());
 }
 
-// One query row: input rows `top` and `bottom` blended with weight w (ops._queries' first step).
+// One query row: input rows `top` and `bottom` blended with weight w (ops._queries' first step);
+// the row `top` alone where there is no row below (bottom == top, on the last row).
 template <typename scalar_t, typename acc_t>
 inline void blend_rows(const scalar_t* __restrict__ top, const scalar_t* __restrict__ bottom, acc_t w,
                        acc_t* __restrict__ out, int64_t length) {
+  if (bottom == top) {
+    for (int64_t i = 0; i < length; ++i) {
+      out[i] = static_cast<acc_t>(top[i]);
+    }
+    return;
+  }
   for (int64_t i = 0; i < length; ++i) {
-    const acc_t a = static_cast<acc_t>(top[i]);
-    out[i] = a + w * (static_cast<acc_t>(bottom[i]) - a);
+    out[i] = (1 - w) * static_cast<acc_t>(top[i]) + w * static_cast<acc_t>(bottom[i]);
   }
 }
 
 // Max DynOPool off the pixel grid: per output row, the two query rows are blended into buffers,
-// then each cell's four queries are read from them and compared; the grid is never stored.
+// then each cell's four queries are read from them and compared; the grid is never stored. Each
+// buffer ends in one pixel of zeros, which a column without a right neighbour (the last column)
+// reads as its upper tap: weight 0 times 0 leaves it out, as grid_sample does.
 template <typename scalar_t>
 DYNOPOOL_VECTOR_CLONES void sample_max_items(const at::Tensor& input, at::Tensor& values, at::Tensor& codes, const Taps& row_taps,
                       const Taps& col_taps, bool channels_last, int64_t begin, int64_t end) {
@@ -178,10 +190,14 @@ DYNOPOOL_VECTOR_CLONES void sample_max_items(const at::Tensor& input, at::Tensor
   const std::vector<acc_t> row_weights = weights_as<acc_t>(row_taps), col_weights = weights_as<acc_t>(col_taps);
   const acc_t* __restrict__ wc = col_weights.data();
   const int64_t* __restrict__ col_lower = col_taps.lower.data();
-  const int64_t* __restrict__ col_upper = col_taps.upper.data();
-  std::vector<acc_t> buffers(2 * row_length);
+  std::vector<int64_t> upper_or_padding(col_taps.upper);
+  for (size_t i = 0; i < upper_or_padding.size(); ++i) {
+    upper_or_padding[i] = upper_or_padding[i] == col_taps.lower[i] ? width : upper_or_padding[i];
+  }
+  const int64_t* __restrict__ col_upper = upper_or_padding.data();
+  std::vector<acc_t> buffers(2 * (row_length + lanes), acc_t(0));
   acc_t* __restrict__ even_row = buffers.data();
-  acc_t* __restrict__ odd_row = even_row + row_length;
+  acc_t* __restrict__ odd_row = even_row + row_length + lanes;
   const scalar_t* input_data = input.const_data_ptr<scalar_t>();
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = channels_last ? item / out_h : item / channels;
@@ -370,8 +386,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
       total_data[i] += sums[chunk * (query_h + query_w) + i];
     }
   }
-  at::Tensor grad_rows = totals.slice(0, 0, query_h).to(rows.scalar_type());
-  at::Tensor grad_cols = totals.slice(0, query_h).to(cols.scalar_type());
+  // copies, so that the two outputs never share the storage of `totals`
+  at::Tensor grad_rows = totals.slice(0, 0, query_h).to(rows.scalar_type(), false, true);
+  at::Tensor grad_cols = totals.slice(0, query_h).to(cols.scalar_type(), false, true);
   return {grad_input, grad_rows, grad_cols};
 }
 

@@ -1,0 +1,163 @@
+"""Op-level correctness of DynOPool on every path: the compiled ops' autograd, second
+derivatives, NaN and infinity, and the kernels' build folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import reference_dynopool, reference_layer
+from test_layer import _layer, backward_path, kernels  # noqa: F401  (fixtures)
+
+from dynopool_nas import _extension
+from dynopool_nas.ops import pool_queries
+
+# query coordinates (input pixels) of 4 query rows in 5 and 4 query columns in 6, none on a
+# pixel (a kink of the bilinear map) and none on the border; 4 != 5 and 4 != 6 (not r = 1/2)
+ROWS = [0.31, 1.62, 2.47, 3.18]
+COLS = [0.22, 1.81, 3.34, 4.67]
+
+
+def _inputs(dtype=torch.float64):
+    x = torch.randn(2, 1, 5, 6, dtype=dtype, requires_grad=True)
+    rows = torch.tensor(ROWS, dtype=dtype, requires_grad=True)
+    cols = torch.tensor(COLS, dtype=dtype, requires_grad=True)
+    return x, rows, cols
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_first_and_second_derivatives_match_finite_differences(aggregation, backward_path):  # noqa: F811
+    inputs = _inputs()
+
+    def pool(x, rows, cols):
+        return pool_queries(x, rows, cols, aggregation)
+
+    assert torch.autograd.gradcheck(pool, inputs)
+    assert torch.autograd.gradgradcheck(pool, inputs, fast_mode=True)
+
+
+def test_a_gradient_penalty_gets_exact_second_derivatives(backward_path):  # noqa: F811
+    """d/dw and d/dalpha of ||d loss / d input||^2 through a convolution and a DynOPool, against
+    central differences (alpha: of the continuous surrogate, as its straight-through gradient
+    is at alpha = H_in / H_out, where the rounded size equals the continuous one)."""
+    in_size, out_size = (13, 17), (7, 5)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    x = torch.randn(2, 2, *in_size, dtype=torch.float64)
+    upstream = torch.randn(2, 3, *out_size, dtype=torch.float64)
+    layer = _layer(tuple(i / o for i, o in zip(in_size, out_size)))
+
+    def penalty(pool) -> torch.Tensor:
+        images = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad((pool(conv(images)) * upstream).sum(), images, create_graph=True)
+        return (grad**2).sum()
+
+    penalty(layer).backward()
+
+    def surrogate(alpha: tuple[float, float]) -> float:
+        sizes = [torch.tensor(i / a, dtype=torch.float64) for i, a in zip(in_size, alpha)]
+        return float(penalty(lambda y: reference_dynopool(y, *sizes, *out_size)).detach())
+
+    alpha, eps = layer.alpha.tolist(), 1e-6
+    for axis in range(2):
+        up, down = list(alpha), list(alpha)
+        up[axis] += eps
+        down[axis] -= eps
+        fd = (surrogate(tuple(up)) - surrogate(tuple(down))) / (2 * eps)
+        assert layer.alpha.grad[axis].item() == pytest.approx(fd, rel=1e-5)
+        assert abs(fd) > 1e-3
+    weight = conv.weight
+    for index in [(0, 0, 0, 0), (1, 1, 1, 2), (2, 0, 2, 1)]:
+        values = []
+        for step in (eps, -2 * eps, eps):
+            with torch.no_grad():
+                weight[index] += step
+            values.append(float(penalty(layer).detach()))
+        high, low = values[:2]
+        assert weight.grad[index].item() == pytest.approx((high - low) / (2 * eps), rel=1e-6)
+
+
+def test_the_compiled_op_differentiates_like_the_layer(kernels):  # noqa: F811
+    def op(x, rows, cols):
+        return torch.ops.dynopool_nas.max_forward(x, rows, cols)[0]
+
+    inputs = _inputs()
+    assert torch.autograd.gradcheck(op, inputs)
+    assert torch.autograd.gradgradcheck(op, inputs, fast_mode=True)
+    result = torch.library.opcheck(torch.ops.dynopool_nas.max_forward.default, tuple(t.detach() for t in inputs))
+    assert set(result.values()) == {"SUCCESS"}
+
+
+def test_the_compiled_backward_op_refuses_to_drop_a_gradient(kernels):  # noqa: F811
+    x, rows, cols = (t.detach() for t in _inputs())
+    values, codes = torch.ops.dynopool_nas.max_forward(x, rows, cols)
+    args = (torch.randn_like(values), x, codes, rows, cols, True)
+    result = torch.library.opcheck(torch.ops.dynopool_nas.max_backward.default, args)
+    assert set(result.values()) == {"SUCCESS"}
+    with pytest.raises(RuntimeError, match=r"no derivative of its own.*create_graph=True"):
+        torch.ops.dynopool_nas.max_backward(args[0], x.requires_grad_(True), *args[2:])
+
+
+def _with_non_finite(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, dtype=torch.float64, generator=generator)
+    draw = torch.rand(shape, dtype=torch.float64, generator=generator)
+    x[draw < 0.04] = float("inf")
+    x[(draw >= 0.04) & (draw < 0.08)] = -float("inf")
+    x[(draw >= 0.08) & (draw < 0.1)] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("alpha", [(2.3, 1.7), (0.6, 0.8), (1 / 1.3, 3.1)], ids=["down", "up", "mixed"])
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_nan_and_infinity_are_sampled_as_grid_sample_samples_them(alpha, aggregation, backward_path):  # noqa: F811
+    """A NaN reaches only the queries that read it, an infinity with a positive weight stays
+    infinite, 0 * inf inside the input is NaN and a pixel past the border is not read."""
+    for seed in range(3):
+        x = _with_non_finite((2, 3, 9, 11), seed)
+        out = _layer(alpha, aggregation=aggregation)(x)
+        expected = reference_layer(x, torch.tensor(alpha, dtype=torch.float64), aggregation)
+        assert torch.allclose(out, expected, atol=1e-12, rtol=0, equal_nan=True)
+        assert expected.isinf().any() and expected.isfinite().any()
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_nan_and_infinity_at_half_scale_are_max_pools(aggregation, backward_path):  # noqa: F811
+    x = _with_non_finite((2, 3, 10, 12), 0)
+    out = _layer((2.0, 2.0), aggregation=aggregation)(x)
+    expected = F.max_pool2d(x, 2) if aggregation == "max" else F.avg_pool2d(x, 2)
+    assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(out.nan_to_num(), expected.nan_to_num())
+
+
+def test_the_build_folder_changes_with_the_source():
+    source = _extension._SOURCE.read_bytes()
+    assert _extension.build_name(source) != _extension.build_name(source + b"\n// changed\n")
+
+
+def test_a_second_checkout_loads_the_built_kernels_without_rebuilding(tmp_path, kernels):  # noqa: F811
+    """Two checkouts with the same source share one build: loading from another path must not
+    recompile (the build would rewrite the library)."""
+    source = _extension._SOURCE.read_bytes()
+    library = _extension.build_directory(source) / f"{_extension.build_name(source)}.so"
+    before = library.stat().st_mtime_ns
+    checkout = tmp_path / "checkout" / "csrc"
+    checkout.mkdir(parents=True)
+    (checkout / "dynopool_cpu.cpp").write_bytes(source)
+    script = (
+        "import sys, pathlib; from dynopool_nas import _extension; "
+        "_extension._SOURCE = pathlib.Path(sys.argv[1]); assert _extension.cpu_kernel_available()"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", script, str(checkout / "dynopool_cpu.cpp")], check=True, env=env,
+                   cwd=Path(__file__).parents[1], timeout=300)
+    assert library.stat().st_mtime_ns == before
+
+
+def test_the_layer_with_nan_input_keeps_finite_cells_finite(backward_path):  # noqa: F811
+    x = torch.randn(1, 1, 16, 16, dtype=torch.float64)
+    x[0, 0, 5, 7] = float("nan")
+    out = _layer((1 / 0.6, 1 / 0.45))(x)
+    assert 0 < out.isnan().sum() <= 4  # the cells whose queries read the pixel, not its whole row
+
