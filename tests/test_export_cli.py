@@ -1,12 +1,17 @@
 import json
 import logging
+import shutil
+import threading
 
+import numpy as np
 import onnx
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
 
 from dynopool_nas import count_macs, create_model, dynopool_layers, dynopoolify
+from dynopool_nas._utils import CHECKSUMS, check_together, write_together
 from dynopool_nas.cli import main
 from strategies.arch import SCHEMA_VERSION, load_architecture, save_architecture
 from strategies.search import make_space, run_search, space_fields, space_of
@@ -35,12 +40,17 @@ def test_exported_torchscript_and_onnx_compute_what_the_search_derived(searched,
     assert "exported 1 model" in capsys.readouterr().out
     folder = next(tmp_path.glob("00_*"))
     scripted = torch.jit.load(str(folder / "model.pt"))
-    x = torch.randn(4, 1, 12, 12)
-    with torch.no_grad():
-        expected = models["cells"][1].eval()(x)
-        assert torch.allclose(scripted(x), expected, atol=1e-5, rtol=1e-5)
     onnx.checker.check_model(onnx.load(str(folder / "model.onnx")))
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 4):  # the ONNX model takes any batch size, not only the example's
+        x = torch.randn(batch, 1, 12, 12)
+        with torch.no_grad():
+            expected = models["cells"][1].eval()(x)
+            assert torch.allclose(scripted(x), expected, atol=1e-5, rtol=1e-5)
+        (logits,) = session.run(["logits"], {"images": x.numpy()})
+        np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
     assert json.loads((folder / "arch.json").read_text())["schema_version"] == 1
+    check_together(folder, ["arch.json", "weights.pt", "model.pt", "model.onnx"])
     assert len(pd.read_csv(tmp_path / "exported.csv")) == 1
 
 
@@ -69,30 +79,68 @@ def test_export_of_a_folder_without_architectures_is_refused(tmp_path):
         run_export(tmp_path, tmp_path / "out")
 
 
-def test_compare_trains_the_baselines_and_the_discovered_architecture(searched, tmp_path, capsys):
-    root, _ = searched
-    assert main(["compare", str(root / "cells"), "--output", str(tmp_path), "--epochs", "1", "--image-size", "16",
-                 "--max-train-images", "128", "--batch-size", "32"]) == 0
-    table = pd.read_csv(tmp_path / "comparison.csv")
-    assert list(table["model"]) == ["efficientnet_b0", "efficientnet_b1", "dynopool:cells"]
-    assert (table["gmacs"] > 0).all() and (table["cpu_latency_ms"] > 0).all()
-    assert table["params"].iloc[1] > table["params"].iloc[0] > table["params"].iloc[2]
-    assert "| efficientnet_b1" in (tmp_path / "comparison.md").read_text()
-    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "comparison.png" in capsys.readouterr().out
-
-
-def test_an_experiment_is_found_by_its_id(searched, tmp_path, monkeypatch):
+def test_an_experiment_is_found_by_its_id_taken_literally(searched, tmp_path, monkeypatch):
     root, _ = searched
     experiments = tmp_path / "nni-experiments"
-    (experiments / "abc123" / "trials").mkdir(parents=True)
-    for name in ("arch.json", "weights.pt"):
-        (experiments / "abc123" / "trials" / name).write_bytes((root / "cells" / name).read_bytes())
+    shutil.copytree(root / "cells", experiments / "abc123" / "trials" / "t1")
     monkeypatch.setenv("NNI_EXPERIMENTS_DIR", str(experiments))
+    monkeypatch.chdir(tmp_path)
     table = run_export("abc123", tmp_path / "out")
     assert len(table) == 1 and "abc123" in table["folder"].iloc[0]
-    with pytest.raises(FileNotFoundError, match="neither a folder nor an experiment id"):
-        run_export("zzz999", tmp_path / "out")
+    for pattern in ("zzz999", "abc*", "abc12?", "[a]bc123", "*"):  # an id is a name, never a pattern
+        with pytest.raises(FileNotFoundError, match="neither a folder nor an experiment id"):
+            run_export(pattern, tmp_path / "out")
+    shutil.copytree(root / "cells", tmp_path / "runs" / "quick" / "abc123")
+    with pytest.raises(ValueError, match="names 2 folders"):
+        run_export("abc123", tmp_path / "out")
+
+
+def test_weights_not_written_with_their_architecture_are_refused(searched, tmp_path):
+    root, _ = searched
+    result = shutil.copytree(root / "cells", tmp_path / "result")
+    # a later run of the same space, killed after writing its weights and before its architecture
+    weights = {name: tensor + 1 for name, tensor in torch.load(result / "weights.pt").items()}
+    torch.save(weights, result / "weights.pt")
+    with pytest.raises(ValueError, match=r"weights\.pt is not the file written with the rest"):
+        run_export(result, tmp_path / "out")
+    (result / CHECKSUMS).unlink()
+    with pytest.raises(ValueError, match=f"has no {CHECKSUMS}"):
+        run_export(result, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_export_replaces_its_output_as_a_whole(searched, tmp_path):
+    root, _ = searched
+    run_export(root, tmp_path / "out", front=True)
+    run_export(root / "small_cnn", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00_small_cnn", "exported.csv"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="choose a new or empty folder"):
+        run_export(root / "cells", tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_two_exports_into_one_folder_at_once_leave_one_whole_export(searched, tmp_path):
+    root, _ = searched
+    errors = []
+
+    def export(source):
+        try:
+            run_export(root / source, tmp_path / "out")
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=export, args=(source,)) for source in ("cells", "small_cnn")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    folders = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    assert len(folders) == 1 and list(pd.read_csv(tmp_path / "out" / "exported.csv")["export"]) == [str(folders[0])]
+    check_together(folders[0], ["arch.json", "weights.pt", "model.pt", "model.onnx"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 
 def _converted_architecture(tmp_path, placement):
@@ -107,8 +155,8 @@ def _converted_architecture(tmp_path, placement):
         "sizes": {layer.name: list(layer.output_size) for _, layer in layers},
         "num_classes": 10, **space_fields("mobilenetv2_cifar", placement),
     }
-    save_architecture(arch, tmp_path / "arch.json")
-    torch.save(space.state_dict(), tmp_path / "weights.pt")
+    write_together(tmp_path, {"arch.json": lambda path: save_architecture(arch, path),
+                              "weights.pt": lambda path: torch.save(space.state_dict(), path)})
     return space, load_architecture(tmp_path / "arch.json")
 
 
