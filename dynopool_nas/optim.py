@@ -8,10 +8,12 @@ Two global ``torch.optim`` step hooks, installed when this module is imported, a
   layer's range (:meth:`~dynopool_nas.DynOPool2d.project_`), so a scale can neither cross
   ``alpha = 0`` nor grow past its bound, and its gradient stays alive at the bound;
 * before each step, the gradients of a parameter group that carries ``scale_step="normalized"``
-  (the default of :func:`~dynopool_nas.param_groups`) are divided by their running RMS, and a
-  DynOPool ``alpha``'s is also multiplied by ``alpha``: its step becomes a step in ``log alpha``
-  of about the learning rate, whatever the layer's input size (``d size / d alpha =
-  -H_in / alpha^2``) and the work downstream. ``"plain"`` keeps the thesis's gradient.
+  (the default of :func:`~dynopool_nas.param_groups`) are divided by their running RMS (as Adam
+  does) and by the group's momentum gain (``1 / (1 - momentum)`` for SGD), and a DynOPool
+  ``alpha``'s is also multiplied by ``alpha``: a steady push then changes a scale by the group's
+  learning rate of itself per step (a step in ``log alpha``), less when its gradient is noisy,
+  whatever the layer's input size (``d size / d alpha = -H_in / alpha^2``), the work downstream
+  and the loss's scale. ``"plain"`` keeps the thesis's gradient.
 """
 
 from __future__ import annotations
@@ -119,20 +121,31 @@ def _normalize_before_step(optimizer: torch.optim.Optimizer, args: tuple[Any, ..
     return (args[0], normalized_closure, *args[2:]), kwargs
 
 
+def _momentum_gain(group: dict[str, Any]) -> float:
+    """How much a momentum buffer amplifies a steady gradient (SGD's and RMSprop's ``momentum``)."""
+    momentum = group.get("momentum") or 0.0
+    if not 0.0 < momentum < 1.0:
+        return 1.0
+    dampening = 0.0 if group.get("nesterov") else group.get("dampening") or 0.0
+    return (1.0 - dampening) / (1.0 - momentum)
+
+
 @torch.no_grad()
 def _normalize_groups(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
     states = _RMS_STATE.get(optimizer)
     if states is None:
         states = _RMS_STATE[optimizer] = WeakIdKeyDictionary()
     for group in groups:
+        gain = _momentum_gain(group)
         for param in group["params"]:
             if param.grad is not None:
-                _normalize_(param, states)
+                _normalize_(param, states, gain)
 
 
-def _normalize_(param: Tensor, states: WeakIdKeyDictionary) -> None:
-    """Divide ``param.grad`` by its bias-corrected running RMS (as Adam does); a DynOPool alpha's
-    also by ``1 / alpha``, which makes its step relative (a step in ``log alpha``)."""
+def _normalize_(param: Tensor, states: WeakIdKeyDictionary, gain: float) -> None:
+    """Divide ``param.grad`` by its bias-corrected running RMS (as Adam does) and by the momentum
+    ``gain``; a DynOPool alpha's also by ``1 / alpha``, which makes its step relative (a step in
+    ``log alpha``)."""
     grad = param.grad
     steps, mean_square = states.get(param, (0, None))
     if mean_square is None or mean_square.shape != grad.shape:
@@ -141,7 +154,7 @@ def _normalize_(param: Tensor, states: WeakIdKeyDictionary) -> None:
     mean_square.mul_(_RMS_DECAY).addcmul_(grad, grad, value=1 - _RMS_DECAY)
     states[param] = (steps, mean_square)
     rms = (mean_square / (1 - _RMS_DECAY**steps)).sqrt_().add_(_RMS_EPS)
-    grad.div_(rms)
+    grad.div_(rms.mul_(gain))
     if is_scale(param):
         grad.mul_(param.detach().abs())
 

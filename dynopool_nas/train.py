@@ -143,11 +143,10 @@ def fit(
     parameter groups (:func:`~dynopool_nas.param_groups`); the learning rate follows a cosine
     schedule. ``alpha_lr`` (default ``lr / 10``) is the scales' learning rate; with
     ``scale_step="normalized"`` (the default) their gradients are normalized so that one
-    ``alpha_lr`` suits every layer and resolution (a step changes a scale by about ``alpha_lr``
-    of itself, up to 10 times that under a steady push), ``"plain"`` is the thesis's gradient
-    step. After every step the scales are projected into their range
-    (:meth:`~dynopool_nas.DynOPool2d.project_`): a scale that runs away stops at its bound with
-    a warning instead of ending the run.
+    ``alpha_lr`` suits every layer and resolution (a steady push changes a scale by ``alpha_lr``
+    of itself per step), ``"plain"`` is the thesis's gradient step. After every step the scales
+    are projected into their range (:meth:`~dynopool_nas.DynOPool2d.project_`): a scale that
+    runs away stops at its bound with a warning instead of ending the run.
     ``on_epoch`` receives each epoch's :class:`EpochResult` (on the first process only);
     ``after_step`` runs after every optimizer step (a GMACs budget's projection, for instance).
     ``devices > 1`` trains data-parallel (Lightning DDP, one process per device); the script
