@@ -16,12 +16,10 @@ from collections.abc import Sequence
 
 import nni
 import torch
-from nni.nas.nn.pytorch import LayerChoice, MutableBatchNorm2d, MutableConv2d, MutableLinear, Repeat
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableBatchNorm2d, MutableConv2d, MutableLinear, Repeat
 from torch import Tensor, nn
 
 from dynopool_nas import DynOPool2d
-
-from .base import DynOPoolSpace
 
 __all__ = ["DynOPoolCellSpace"]
 
@@ -74,7 +72,7 @@ class _Reduce(nn.Module):
         return self.pool(pair.flatten(0, 1)).unflatten(0, (2, -1))
 
 
-class DynOPoolCellSpace(DynOPoolSpace):
+class DynOPoolCellSpace(ModelSpace):
     """DARTS-style cells with DynOPool reductions (see the module description).
 
     Args:

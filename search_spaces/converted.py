@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from nni.nas.nn.pytorch import ModelSpace
 from torch import Tensor
 
 from dynopool_nas import create_model, dynopoolify
 from dynopool_nas.convert import Placement
 
-from .base import DynOPoolSpace
-
 __all__ = ["ConvertedSpace"]
 
 
-class ConvertedSpace(DynOPoolSpace):
+class ConvertedSpace(ModelSpace):
     """``dynopoolify(create_model(model_name), placement=placement)`` as a search space (thesis
     section 4.4): VGG-16, ResNet-50, MobileNetV2 (CIFAR and ImageNet variants), EfficientNet-B0/B1,
     the small CNN. ``placement='before'`` resizes in front of each formerly strided convolution,

@@ -15,14 +15,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import nni
-from nni.mutable import MutableExpression
-from nni.nas.nn.pytorch import MutableBatchNorm2d, MutableConv2d, Repeat
+from nni.mutable import Categorical, MutableExpression
+from nni.nas.nn.pytorch import ModelSpace, MutableBatchNorm2d, MutableConv2d, Repeat
 from torch import Tensor, nn
 
 from dynopool_nas import DynOPool2d
-
-from .base import DynOPoolSpace
 
 __all__ = ["B0_STAGES", "EfficientNetSpace", "efficientnet_choices"]
 
@@ -49,6 +46,12 @@ def _conv_bn(in_chs: Any, out_chs: Any, kernel: Any = 1, groups: Any = 1, act: b
     layers = [MutableConv2d(in_chs, out_chs, kernel, padding=(kernel - 1) // 2, groups=groups, bias=False),
               MutableBatchNorm2d(out_chs)]
     return [*layers, nn.SiLU()] if act else layers
+
+
+def _b0_choice(label: str, candidates: Sequence[Any], b0: Any) -> Categorical:
+    """A choice among ``candidates`` and B0's value, which is its default: labels that a tuner's
+    search space leaves out (``mutable.default()``) keep EfficientNet-B0's."""
+    return Categorical(sorted({*candidates, b0}), default=b0, label=label)
 
 
 class _SqueezeExcite(nn.Module):
@@ -84,16 +87,20 @@ class _Block(nn.Module):
         return x + self.body(x) if self.has_skip else self.body(x)
 
 
-class EfficientNetSpace(DynOPoolSpace):
+class EfficientNetSpace(ModelSpace):
     """EfficientNet-B0's skeleton with searchable choices (labels ``s{i}_width``, ``s{i}_depth``,
     ``s{i}_kernel``, ``s{i}_expansion`` for stage ``i``; the first stage has no expansion).
+
+    B0's value is always among a label's candidates and is its default, so the space's default
+    sample (``space.default()``, and every label a tuner's search space leaves out) is
+    EfficientNet-B0.
 
     Args:
         num_classes: classifier outputs.
         in_chans: input channels.
-        width_multipliers: candidate channel multipliers of every stage (B0/B1 use 1.0).
+        width_multipliers: candidate channel multipliers of every stage; B0's 1.0 is added.
         depth_multipliers: candidate depth multipliers; stage ``i`` chooses among
-            ``ceil(repeats_i * m)`` (B0 uses 1.0, B1 1.1).
+            ``ceil(repeats_i * m)`` and B0's ``repeats_i`` (B1 uses 1.1).
         kernel_sizes: candidate depthwise kernel sizes; each stage's B0 kernel is added.
         expand_ratios: candidate expansion ratios; B0's 6 is added.
         scale: initial scale of every DynOPool.
@@ -115,12 +122,11 @@ class EfficientNetSpace(DynOPoolSpace):
         stages: list[nn.Module] = []
         in_chs: Any = stem_chs
         for index, (kind, repeats, kernel, stride, expansion, base_chs) in enumerate(B0_STAGES):
-            width = nni.choice(f"s{index}_width", sorted(set(width_multipliers)))
+            width = _b0_choice(f"s{index}_width", width_multipliers, 1.0)
             out_chs = _divisible(width * base_chs)
-            depth = nni.choice(f"s{index}_depth", sorted({math.ceil(repeats * m) for m in depth_multipliers}))
-            kernel_choice = nni.choice(f"s{index}_kernel", sorted({*kernel_sizes, kernel}))
-            expansion_choice = None if kind == "ds" else nni.choice(f"s{index}_expansion", sorted({*expand_ratios,
-                                                                                                    expansion}))
+            depth = _b0_choice(f"s{index}_depth", [math.ceil(repeats * m) for m in depth_multipliers], repeats)
+            kernel_choice = _b0_choice(f"s{index}_kernel", kernel_sizes, kernel)
+            expansion_choice = None if kind == "ds" else _b0_choice(f"s{index}_expansion", expand_ratios, expansion)
             pool = DynOPool2d(scale, name=f"s{index}_pool") if stride == 2 else None
 
             def block(position: int, in_chs: Any = in_chs, out_chs: Any = out_chs, pool: Any = pool,

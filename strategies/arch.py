@@ -1,8 +1,15 @@
 """Exported architectures: a JSON document of the chosen candidates, every DynOPool's learned
-scale and the feature-map sizes they give, and the model rebuilt from it."""
+scale and the feature-map sizes they give, and the model rebuilt from it.
+
+:func:`save_search` writes what ``dynopool-nas export`` and ``compare`` need from a search run in
+Python: ``arch.json``, which records the space (its class by import path and its constructor's
+arguments, :func:`space_record`), and ``weights.pt``, the derived model's weights.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -15,9 +22,12 @@ from dynopool_nas import dynopool_layers
 from dynopool_nas._utils import atomic_write, eval_mode, example_input
 from dynopool_nas.convert import PLACEMENTS
 
-from .supernet import SCALE_LABEL_PREFIX
+from .supernet import SCALE_LABEL_PREFIX, dynopool_name, name_dynopools
 
-__all__ = ["SCHEMA_VERSION", "build_model", "export_architecture", "load_architecture", "save_architecture"]
+__all__ = [
+    "SCHEMA_VERSION", "build_model", "export_architecture", "load_architecture", "rebuild_space", "save_architecture",
+    "save_search", "space_record",
+]
 
 SCHEMA_VERSION = 1
 _REQUIRED = {"schema_version": int, "input_size": list, "choices": dict, "scales": dict, "sizes": dict}
@@ -80,8 +90,8 @@ def build_model(space: ModelSpace, arch: dict[str, Any]) -> nn.Module:
     its learned scale. Raises ``ValueError`` when ``arch`` does not fit ``space`` or the rebuilt
     model's feature-map sizes differ from the exported ones."""
     _validate(arch, "architecture")
-    model = space.freeze(arch["choices"])
-    layers = dict((layer.name, layer) for _, layer in dynopool_layers(model))
+    model = name_dynopools(space).freeze(arch["choices"])
+    layers = {dynopool_name(path, layer): layer for path, layer in dynopool_layers(model)}
     if set(layers) != set(arch["scales"]):
         raise ValueError(
             f"the architecture's DynOPools {sorted(arch['scales'])} do not match the space's {sorted(layers)}; "
@@ -96,3 +106,67 @@ def build_model(space: ModelSpace, arch: dict[str, Any]) -> nn.Module:
     if sizes != arch["sizes"]:
         raise ValueError(f"rebuilt feature-map sizes {sizes} differ from the exported {arch['sizes']}")
     return model
+
+
+def space_record(space: ModelSpace) -> dict[str, Any]:
+    """What an architecture records of ``space`` so that :func:`rebuild_space` can build it again
+    in another process: ``{"space": "module:Class", "space_kwargs": {...}}``, the arguments
+    being those NNI recorded when the space was constructed. Raises ``ValueError`` for a class
+    that cannot be imported by name or arguments that are not JSON."""
+    cls = type(space)
+    where = f"{cls.__module__}:{cls.__qualname__}"
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise ValueError(
+            f"the space class {where} cannot be imported by name; define it at the top level of an importable "
+            "module so that export and compare can rebuild it"
+        )
+    kwargs = dict(getattr(space, "trace_kwargs", {}))
+    if getattr(space, "trace_args", ()):
+        raise ValueError(f"{where} was built with positional arguments NNI could not name; pass them by keyword")
+    try:
+        json.dumps(kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{where} was built with arguments that JSON cannot hold ({error}); export and compare rebuild a space "
+            "from numbers, strings, lists and dicts only"
+        ) from None
+    return {"space": where, "space_kwargs": kwargs}
+
+
+def rebuild_space(arch: dict[str, Any], **overrides: Any) -> ModelSpace:
+    """The space an architecture's :func:`space_record` names, built with its recorded
+    arguments; ``overrides`` replace those of them the class's constructor takes (e.g. the
+    data set's ``num_classes`` and ``in_chans``)."""
+    module_name, _, qualname = arch["space"].partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"cannot import the space {arch['space']!r} the architecture was saved from ({error}); run from where "
+            "that module is importable (install its package or add its folder to PYTHONPATH)"
+        ) from None
+    if not (isinstance(target, type) and issubclass(target, ModelSpace)):
+        raise ValueError(f"{arch['space']!r} is not an NNI ModelSpace class")
+    accepted = inspect.signature(getattr(target, "_init_wrapped", target.__init__)).parameters
+    kwargs = dict(arch.get("space_kwargs", {})) | {k: v for k, v in overrides.items() if k in accepted}
+    return target(**kwargs)
+
+
+def save_search(strategy: Any, folder: str | Path) -> dict[str, Any]:
+    """Save a finished :class:`~strategies.DynOPoolDARTS` (or GumbelDARTS) search for
+    ``dynopool-nas export`` and ``compare``: ``folder/arch.json`` (:func:`export_architecture`
+    with the space's :func:`space_record` and ``num_classes``) and ``folder/weights.pt``, the
+    state dict of the derived model (:func:`build_model` of the trained supernet). Returns the
+    architecture."""
+    space = strategy.supernet
+    arch = export_architecture(strategy) | space_record(space)
+    model = build_model(space, arch)
+    with eval_mode(model):
+        logits = model(example_input(model, tuple(arch["input_size"])))
+    arch["num_classes"] = int(logits.shape[-1])
+    folder = Path(folder)
+    save_architecture(arch, folder / "arch.json")
+    atomic_write(folder / "weights.pt", lambda temporary: torch.save(model.state_dict(), temporary))
+    return arch

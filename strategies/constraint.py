@@ -168,34 +168,46 @@ def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:
 class GMACsConstraint:
     """The hardware-aware GMACs constraint of a search. Exactly one of:
 
-    * ``lam``: the paper's ``lambda * L_GMACs`` added to the architecture loss (eq. 4.8),
-      ``L_GMACs`` the supernet's expected GMACs per image;
+    * ``lam``: a GMACs term added to the architecture loss (eq. 4.8). By default it is relative,
+      ``lam * GMACs / GMACs_0``, with ``GMACs_0`` the supernet's expected GMACs per image when
+      the search starts: unit-free, the same meaning for every model and input size. ``lam`` is
+      the task loss (cross-entropy, in nats) that the whole initial cost is worth: at ``lam =
+      0.1`` the search gives up 0.01 of validation loss to save a tenth of the initial GMACs.
+      Useful values lie between about 0.01 (barely priced) and 1 (scales fall until the task
+      suffers); sweep a few on a short search. ``relative=False`` is the thesis's absolute form,
+      ``lam * GMACs`` (``lam`` in loss per GMAC, so its effect depends on the model's size: the
+      same search needs ``lam_absolute = lam_relative / GMACs_0``);
     * ``budget``: a target in GMACs per image. After every step all DynOPool scales are
       multiplied by one common factor, found by bisection on the analytic cost, that brings the
       GMACs of the architecture derived at that moment to the budget (to the nearest size the
-      rounding allows). Gradient steps
-      still decide how resolution is spread over the layers and axes; the projection holds the
-      total, so no trade-off weight needs tuning.
+      rounding allows). Gradient steps still decide how resolution is spread over the layers and
+      axes; the projection holds the total, so no trade-off weight needs tuning. A budget the
+      scales cannot reach is held at the nearest end of the reachable range, with one warning
+      that names the range (see :meth:`project`).
     """
 
     CHECK_EVERY = 100
 
-    def __init__(self, lam: float | None = None, budget: float | None = None) -> None:
+    def __init__(self, lam: float | None = None, budget: float | None = None, *, relative: bool = True) -> None:
         if (lam is None) == (budget is None):
             raise ValueError("GMACsConstraint takes exactly one of lam (eq. 4.8) and budget (GMACs per image)")
         if lam is not None and not (math.isfinite(lam) and lam >= 0):
             raise ValueError(f"lam must be a non-negative number, got {lam!r}")
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise ValueError(f"budget must be a positive number of GMACs, got {budget!r}")
-        self.lam, self.budget = lam, budget
+        self.lam, self.budget, self.relative = lam, budget, relative
         self.cost: GMACsCost | None = None
         self._warned = False
         self._calls = 0
 
     def bind(self, cost: GMACsCost) -> GMACsConstraint:
+        """Attach the cost of the model being searched; in budget mode, fix the range in which
+        :meth:`project` may move every scale (at the model's state now)."""
         if self.budget is not None and not _scales(cost):
             raise ValueError("a GMACs budget is held by DynOPool scales, and the space has no DynOPool2d; use lam")
         self.cost = cost
+        if self.budget is not None:
+            self._alpha_low, self._alpha_high = _alpha_range(cost)
         return self
 
     def __call__(self, loss: Tensor, probs: Any = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -206,44 +218,81 @@ class GMACsConstraint:
         gmacs = self.cost()
         if self.lam is None:
             return loss, {"expected_gmacs": gmacs.detach()}
-        return loss + self.lam * gmacs, {"expected_gmacs": gmacs.detach()}
+        priced = gmacs / self.cost.initial_gmacs if self.relative else gmacs
+        return loss + self.lam * priced, {"expected_gmacs": gmacs.detach()}
 
     @torch.no_grad()
-    def project(self, iterations: int = 16) -> None:
+    def project(self, iterations: int = 24) -> None:
         """Budget mode: rescale every DynOPool's alpha by one factor to meet the budget.
 
-        The bisection runs a fixed number of steps on tensors, so on a GPU it never waits for
-        the device; whether the budget is reachable is read back on the first call and every
-        ``CHECK_EVERY`` calls after it."""
+        Each alpha stays in the range fixed by :meth:`bind` (:func:`_alpha_range`): a budget out
+        of reach is held at the nearest end of what the scales can reach, with one
+        ``RuntimeWarning`` that names that range. The bisection runs a fixed number of steps on
+        tensors, so on a GPU it never waits for the device; whether the budget is reachable is
+        read back on the first call and every ``CHECK_EVERY`` calls after it."""
         if self.budget is None or self.cost is None:
             return
         alphas = [layer.alpha for layer in _scales(self.cost)]
-        start = [alpha.clone() for alpha in alphas]
+        low, high = self._alpha_low, self._alpha_high
+        start = torch.stack([alpha.detach() for alpha in alphas]).clamp(low, high)
 
         def gmacs_at(log_factor: Tensor) -> Tensor:
-            for alpha, initial in zip(alphas, start):
-                alpha.copy_(initial * log_factor.exp())
+            for alpha, value in zip(alphas, (start * log_factor.exp()).clamp(low, high)):
+                alpha.copy_(value)
             return self.cost(hard=True)
 
-        # a larger factor is a larger alpha: smaller maps, fewer GMACs
-        low, high = alphas[0].new_tensor(-2.0), alphas[0].new_tensor(2.0)
+        # a larger factor is a larger alpha: smaller maps, fewer GMACs; past these ends nothing changes
+        most, least = (low / start).log().min(), (high / start).log().max()
+        below, above = most, least
         for _ in range(iterations):
-            middle = (low + high) / 2
+            middle = (below + above) / 2
             over = gmacs_at(middle) > self.budget
-            low, high = torch.where(over, middle, low), torch.where(over, high, middle)
-        miss_low, miss_high = ((gmacs_at(t) / self.budget - 1).abs() for t in (low, high))
-        closest = gmacs_at(torch.where(miss_low <= miss_high, low, high))
+            below, above = torch.where(over, middle, below), torch.where(over, above, middle)
+        stay = torch.zeros_like(below)  # where the cost is flat (a budget out of reach), nothing moves
+        miss_stay, miss_below, miss_above = ((gmacs_at(t) / self.budget - 1).abs() for t in (stay, below, above))
+        closest = torch.where(miss_below <= miss_above, below, above)
+        closest = torch.where(miss_stay <= torch.minimum(miss_below, miss_above), stay, closest)
         self._calls += 1
-        if self._warned or (self._calls - 1) % self.CHECK_EVERY:
+        if not self._warned and (self._calls - 1) % self.CHECK_EVERY == 0:
+            self._warn_if_out_of_reach(float(gmacs_at(closest)), float(gmacs_at(least)), float(gmacs_at(most)))
+        gmacs_at(closest)
+
+    def _warn_if_out_of_reach(self, closest: float, least: float, most: float) -> None:
+        if abs(closest / self.budget - 1) <= 0.05:
             return
-        closest_gmacs = float(closest)
-        if abs(closest_gmacs / self.budget - 1) > 0.05:
-            self._warned = True
-            warnings.warn(
-                f"GMACs budget {self.budget:g} is out of reach of the DynOPool scales for the current choices "
-                f"(closest: {closest_gmacs:g} GMACs); raise the budget or change the space",
-                RuntimeWarning, stacklevel=2,
-            )
+        self._warned = True
+        warnings.warn(
+            f"GMACs budget {self.budget:g} is out of reach: with the current choices the DynOPool scales reach "
+            f"{least:.4g} to {most:.4g} GMACs (maps no smaller than min_size, no scale above 1 or its value when "
+            f"the search started); the search holds {closest:.4g}. Choose a budget in that range or change the space",
+            RuntimeWarning, stacklevel=3,
+        )
+
+
+def _alpha_range(cost: GMACsCost) -> tuple[Tensor, Tensor]:
+    """``(low, high)``, one row per DynOPool of ``cost`` (in :func:`_scales` order), in which a
+    budget projection keeps each alpha: the layer's own bounds
+    (:meth:`~dynopool_nas.DynOPool2d.alpha_bounds`) at its input size at the reference input,
+    and no scale above ``max(1, its current scale)``. The layer would allow up to ``max_scale``
+    (4) per DynOPool, but scales compound from layer to layer: a budget must not buy feature
+    maps larger than the input (or than a layer's initial upsampling) and run out of memory."""
+    with torch.no_grad():
+        sizes = cost.sizes()
+        inputs: dict[int, list[float]] = {}
+        for source in cost.sources:
+            if source.pool is not None:
+                size = sizes[source.parent].tolist()
+                previous = inputs.get(id(source.pool), size)
+                inputs[id(source.pool)] = [max(a, b) for a, b in zip(size, previous)]
+        rows_low, rows_high = [], []
+        for layer in _scales(cost):
+            low, high = layer.alpha_bounds([round(v) for v in inputs[id(layer)]])
+            alpha = layer.alpha.detach().tolist()
+            floor = [max(bound, min(a, 1.0)) for bound, a in zip(low, alpha)]
+            rows_low.append(floor)
+            rows_high.append([max(bound, f) for bound, f in zip(high, floor)])
+        reference = _scales(cost)[0].alpha
+        return reference.new_tensor(rows_low), reference.new_tensor(rows_high)
 
 
 def _scales(cost: GMACsCost) -> list[Any]:

@@ -29,7 +29,7 @@ from dynopool_nas.cost import GMACsCost
 
 from .constraint import GMACsConstraint, derived_parameter_count, supernet_cost
 from .report import trial_metrics
-from .supernet import DynOPoolSupernet
+from .supernet import DynOPoolSupernet, name_dynopools
 
 __all__ = ["DynOPoolDARTS", "DynOPoolGumbelDARTS"]
 
@@ -129,6 +129,7 @@ class _DynOPoolStrategy:
     """What DynOPool adds to NNI's DARTS-family strategies."""
 
     module_class: type
+    searches_dynopool_scales = True  # see supernet.require_scale_search
 
     def __init__(
         self,
@@ -148,6 +149,9 @@ class _DynOPoolStrategy:
 
     def default_mutation_hooks(self) -> list[Any]:
         return [DynOPoolSupernet.mutate, *super().default_mutation_hooks()]
+
+    def mutate_model(self, model: Any) -> Any:
+        return super().mutate_model(name_dynopools(model))
 
     def mutate_evaluator(self, evaluator: Any) -> Any:
         self._val_loader = evaluator.val_dataloaders

@@ -15,7 +15,7 @@ from dynopool_nas._utils import atomic_write
 from dynopool_nas.convert import Placement
 from dynopool_nas.models import MODELS
 
-from .arch import build_model, export_architecture, save_architecture
+from .arch import build_model, export_architecture, rebuild_space, save_architecture
 from .constraint import GMACsConstraint
 from .darts import DynOPoolDARTS, DynOPoolGumbelDARTS
 
@@ -45,9 +45,18 @@ def make_space(name: str, num_classes: int, in_chans: int, placement: Placement 
 
 
 def space_of(arch: dict[str, Any], num_classes: int, in_chans: int) -> Any:
-    """The search space an exported architecture came from (its ``space`` and ``placement``)."""
+    """The search space an exported architecture came from: a space of this package by name
+    (``space`` and ``placement``), or a user's space by import path and recorded arguments
+    (``space`` ``"module:Class"`` and ``space_kwargs``, written by
+    :func:`~strategies.arch.save_search`), with ``num_classes`` and ``in_chans`` where its
+    constructor takes them."""
     if "space" not in arch:
-        raise ValueError("the architecture does not name its space; re-export it with dynopool-nas search or a trial")
+        raise ValueError(
+            "the architecture does not record its space; save a search with strategies.arch.save_search(strategy, "
+            "folder), or use the output of dynopool-nas search or of a trial"
+        )
+    if ":" in arch["space"]:
+        return rebuild_space(arch, num_classes=num_classes, in_chans=in_chans)
     return make_space(arch["space"], num_classes, in_chans, placement=arch.get("placement", "after"))
 
 

@@ -5,10 +5,14 @@ submodules. :meth:`DynOPoolSupernet.mutate` is that hook for :class:`~dynopool_n
 the replacement *is* a DynOPool2d (so conversion rules, the GMACs cost and exports keep working)
 whose ``alpha`` is an architecture parameter, trained by the strategy's architecture optimizer
 on the validation split instead of by the weight optimizer.
+
+Every DynOPool of a space is known by one name in reports, exported architectures and rebuilt
+models: the ``name`` it was given, or else its module path in the space (:func:`name_dynopools`).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
@@ -16,14 +20,65 @@ from torch import nn
 
 from dynopool_nas import DynOPool2d
 
-__all__ = ["SCALE_LABEL_PREFIX", "DynOPoolSupernet", "scale_label"]
+__all__ = [
+    "SCALE_LABEL_PREFIX", "DynOPoolSupernet", "dynopool_name", "name_dynopools", "require_scale_search", "scale_label",
+]
 
 SCALE_LABEL_PREFIX = "dynopool/"
+_UNNAMED = DynOPool2d.__name__  # the name a DynOPool2d created without ``name=`` carries
+
+
+def dynopool_name(path: str, layer: DynOPool2d) -> str:
+    """The name under which ``layer``, found at module ``path`` of a space, is searched and
+    exported: its own ``name`` if it was given one, else ``path``."""
+    return path if layer.name == _UNNAMED else layer.name
+
+
+def name_dynopools(space: nn.Module) -> nn.Module:
+    """Give every DynOPool of ``space`` created without ``name=`` its module path as name, in
+    place, so that the space, its supernet and its frozen models agree (freezing copies the
+    layers, and with them their names). Returns ``space``; raises ``ValueError`` if two
+    different DynOPools share a name."""
+    paths: dict[str, str] = {}
+    for path, module in space.named_modules():  # a shared layer is listed once
+        if not isinstance(module, DynOPool2d):
+            continue
+        module.name = dynopool_name(path, module)
+        if module.name in paths:
+            raise ValueError(
+                f"the DynOPools at {paths[module.name]!r} and {path!r} are both named {module.name!r}; give each its "
+                "own name (or share one layer object where two branches must have one scale)"
+            )
+        paths[module.name] = path
+    return space
+
+
+def require_scale_search(strategy: Any, space: nn.Module) -> None:
+    """Refuse to let ``strategy`` turn ``space`` into a supernet if the space holds a DynOPool2d
+    and the strategy does not declare ``searches_dynopool_scales``: any other one-shot strategy
+    would train alpha as a weight (with weight decay) and export no scale."""
+    if getattr(strategy, "searches_dynopool_scales", False):
+        return
+    path = next((path for path, module in space.named_modules() if isinstance(module, DynOPool2d)), None)
+    if path is not None:
+        raise TypeError(
+            f"{type(strategy).__name__} cannot search DynOPool {path!r}: its scale is a continuous parameter learned "
+            "by gradient descent on the validation split, which sampling strategies (RandomOneShot, ENAS), "
+            "Proxyless's binary gates and NNI's own DARTS (weight decay on it, no GMACs gradient) do not do. Use "
+            "strategies.DynOPoolDARTS or strategies.DynOPoolGumbelDARTS, or fix the scales first with "
+            "dynopool_nas.freeze_dynopools."
+        )
 
 
 def scale_label(layer: DynOPool2d) -> str:
     """The label under which a DynOPool's learned scale is exported."""
     return SCALE_LABEL_PREFIX + layer.name
+
+
+def _options(layer: DynOPool2d) -> dict[str, Any]:
+    """The constructor arguments that rebuild ``layer`` (each is kept under its own name)."""
+    names = list(inspect.signature(DynOPool2d.__init__).parameters)[1:]
+    return {name: getattr(layer, name) for name in names if hasattr(layer, name)}
 
 
 class DynOPoolSupernet(DynOPool2d, BaseSuperNetModule):
@@ -39,10 +94,7 @@ class DynOPoolSupernet(DynOPool2d, BaseSuperNetModule):
             return None
         key = f"_dynopool_{id(module)}"
         if key not in memo:
-            replacement = cls(
-                scale=module.scale, aggregation=module.aggregation, min_size=module.min_size,
-                scale_bounds=module.scale_bounds, name=module.name if module.name != "DynOPool2d" else name,
-            )
+            replacement = cls(**_options(module) | {"name": dynopool_name(name, module)})
             replacement.alpha = module.alpha
             memo[key] = replacement
         return memo[key]
@@ -58,8 +110,7 @@ class DynOPoolSupernet(DynOPool2d, BaseSuperNetModule):
         return {}
 
     def freeze(self, sample: dict[str, Any]) -> DynOPool2d:
-        scale = sample.get(scale_label(self), self.scale)
-        return DynOPool2d(scale, self.aggregation, self.min_size, self.scale_bounds, self.name)
+        return DynOPool2d(**_options(self) | {"scale": sample.get(scale_label(self), self.scale)})
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha]

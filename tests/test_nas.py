@@ -94,8 +94,18 @@ def _final_gmacs(constraint, epochs=2, size=SIZE, seed=0, alpha_lr=0.05):
 def test_a_positive_lambda_exports_fewer_gmacs_than_lambda_zero():
     # at alpha lr 0.05 the unpriced scales of this tiny model run past 0 within two epochs
     _, free = _final_gmacs(GMACsConstraint(lam=0.0), alpha_lr=0.02)
-    _, priced = _final_gmacs(GMACsConstraint(lam=200.0), alpha_lr=0.02)
+    _, priced = _final_gmacs(GMACsConstraint(lam=0.1), alpha_lr=0.02)
     assert priced < free
+
+
+@pytest.mark.parametrize("size", [12, 32])
+def test_lambda_is_relative_to_the_initial_gmacs_unless_asked_otherwise(size):
+    cost = GMACsCost.from_model(dynopoolify(create_model("small_cnn", num_classes=10, in_chans=1)), (1, size, size))
+    loss = torch.tensor(1.0)
+    relative, _ = GMACsConstraint(lam=0.5).bind(cost)(loss)
+    assert float(relative) == pytest.approx(1.5)  # the same at every input size: unit-free
+    absolute, _ = GMACsConstraint(lam=0.5, relative=False).bind(cost)(loss)  # eq. 4.8 as in the thesis
+    assert float(absolute) == pytest.approx(1.0 + 0.5 * cost.initial_gmacs)
 
 
 def test_a_budget_search_ends_within_five_percent_of_its_target():
@@ -155,3 +165,42 @@ def test_budget_projection_meets_a_reachable_budget_and_warns_once_for_an_unreac
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         unreachable.project()
+
+
+@pytest.mark.parametrize("budget", [1e6, 1e-9], ids=["above", "below"])
+def test_a_budget_out_of_reach_holds_the_nearest_reachable_scales_and_warns_once_with_the_range(budget):
+    model = dynopoolify(create_model("small_cnn", num_classes=10, in_chans=1))
+    cost = GMACsCost.from_model(model, (1, 32, 32))
+    constraint = GMACsConstraint(budget=budget).bind(cost)
+    with pytest.warns(RuntimeWarning, match=r"out of reach: .* reach [0-9.e-]+ to [0-9.e-]+ GMACs"):
+        constraint.project()
+    layers = [layer for _, layer in dynopool_layers(model)]
+    held = [layer.alpha.detach().clone() for layer in layers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(50):  # one projection per step: nothing moves further, nothing warns again
+            constraint.project()
+    assert all(torch.equal(layer.alpha, alpha) for layer, alpha in zip(layers, held))
+    if budget > 1:  # as large as the maps get: no scale above 1, the input's size
+        assert all(layer.scale == pytest.approx((1.0, 1.0)) for layer in layers)
+    else:  # as small as they get: every map at its 2x2 floor, alpha finite
+        assert set(cost.feature_map_sizes().values()) == {(2, 2)}
+        assert all(torch.isfinite(layer.alpha).all() for layer in layers)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_a_search_with_a_budget_out_of_reach_finishes():
+    # the scales once grew by e^2 per step towards 1e6 GMACs until the process ran out of memory
+    strategy = DynOPoolDARTS(input_size=INPUT, alpha_learning_rate=0.05, constraint=GMACsConstraint(budget=1e6))
+    with pytest.warns(RuntimeWarning, match="out of reach"):
+        _search(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), strategy, train_images=64)
+    assert math.isfinite(export_architecture(strategy)["metrics"]["gmacs"])
+
+
+def test_a_search_at_a_huge_alpha_learning_rate_keeps_every_scale_in_range():
+    # Adam at lr 1 moves alpha by about 1 per step: without a projection after the architecture
+    # optimizer's step, it crosses alpha = 0 and the forward pass refuses the scale
+    strategy = DynOPoolDARTS(input_size=INPUT, alpha_learning_rate=1.0)
+    _search(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), strategy, train_images=128)
+    alphas = strategy.oneshot_module.scale_parameters()
+    assert all(torch.isfinite(alpha).all() and (alpha > 0).all() for alpha in alphas)

@@ -23,6 +23,15 @@ def test_fixed_choices_reproduce_timm_efficientnet(variant, size):
                                                                       rel=0.02)
 
 
+def test_efficientnet_labels_left_out_default_to_b0():
+    # a tuner's partial search space leaves labels out; the trial takes each one's default
+    space = EfficientNetSpace(num_classes=10, width_multipliers=(0.5, 0.75), depth_multipliers=(1.2,))
+    defaults = {label: mutable.default() for label, mutable in space.simplify().items()}
+    assert defaults == efficientnet_choices("b0")
+    reference = timm.create_model("efficientnet_b0", num_classes=10)
+    assert _weights(space.freeze(defaults)) == sum(p.numel() for p in reference.parameters())
+
+
 def test_efficientnet_choices_refuse_unknown_variants():
     with pytest.raises(ValueError, match="variant"):
         efficientnet_choices("b7")
