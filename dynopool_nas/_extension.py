@@ -27,6 +27,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -59,11 +60,22 @@ def build_name(source: bytes) -> str:
     return f"dynopool_nas_cpu_{digest.hexdigest()[:16]}"
 
 
+def _cpp_extension() -> ModuleType:
+    """``torch.utils.cpp_extension``, imported quietly (its import warns that a CPU-only machine
+    has no CUDA runtime)."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension as cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
 def build_directory(source: bytes) -> Path:
     """Where :func:`build_name`'s extension is built, under ``TORCH_EXTENSIONS_DIR``."""
-    from torch.utils.cpp_extension import _get_build_directory
-
-    return Path(_get_build_directory(build_name(source), verbose=False))
+    return Path(_cpp_extension()._get_build_directory(build_name(source), verbose=False))
 
 
 def _source_in(directory: Path, source: bytes) -> Path:
@@ -78,21 +90,14 @@ def _source_in(directory: Path, source: bytes) -> Path:
 
 
 def _load() -> bool:
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # its import warns that a CPU-only machine has no CUDA runtime
-    try:
-        from torch.utils.cpp_extension import load
-    finally:
-        logger.setLevel(level)
-
     try:
         _ninja_on_path()
         source = _SOURCE.read_bytes()
         directory = build_directory(source)
         directory.mkdir(parents=True, exist_ok=True)
-        load(name=build_name(source), sources=[str(_source_in(directory, source))], build_directory=str(directory),
-             extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS), is_python_module=False)
+        _cpp_extension().load(name=build_name(source), sources=[str(_source_in(directory, source))],
+                              build_directory=str(directory), extra_cflags=list(_CFLAGS),
+                              extra_ldflags=list(_LDFLAGS), is_python_module=False)
     except Exception as error:  # any build failure means: use the fallback
         warnings.warn(
             f"dynopool_nas: could not build the C++ kernels ({type(error).__name__}: {error}); DynOPool runs on "
