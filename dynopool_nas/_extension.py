@@ -156,11 +156,17 @@ def _no_derivative(ctx: object, *grads: torch.Tensor) -> tuple[None, ...]:
 def cpu_kernel_available() -> bool:
     """Whether max DynOPool runs in the compiled kernels on the CPU (building them if needed)."""
     global _loaded
-    if not _enabled or os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
+    if not kernels_enabled():
         return False
     if _loaded is None:
         _loaded = _load()
     return _loaded
+
+
+def kernels_enabled() -> bool:
+    """Whether compiled kernels (CPU or GPU) may run: not inside :func:`pytorch_fallback` and not
+    switched off by the environment variable."""
+    return _enabled and os.environ.get(DISABLE_VARIABLE, "") in ("", "0")
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ query is a pixel (``r = 1/2`` on even sizes) the values are ``max_pool2d``'s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -138,7 +139,26 @@ def _kernels_for(x: Tensor, aggregation: str) -> Kernels | None:
         return None
     if x.device.type == "cpu" and _extension.cpu_kernel_available():
         return CPU_KERNELS
+    if x.device.type == "cuda" and _extension.kernels_enabled():
+        return _cuda_kernels(x)
     return None
+
+
+@functools.cache
+def _triton_module() -> Any:
+    """:mod:`dynopool_nas._triton`, imported on the first CUDA tensor so that CPU users never
+    import Triton; None where Triton is missing."""
+    from dynopool_nas import _triton
+
+    return _triton if _triton.triton is not None else None
+
+
+def _cuda_kernels(x: Tensor) -> Kernels | None:
+    """The Triton kernels where they can compute on ``x`` (a CUDA tensor of a supported dtype)."""
+    module = _triton_module()
+    if module is None or not module.available(x):
+        return None
+    return Kernels(module.max_forward, module.max_backward)
 
 
 class _DynOPool(torch.autograd.Function):
