@@ -3,8 +3,10 @@ aggregation range of one output bin (Figure 5.3)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -97,28 +99,50 @@ def plot_aggregation_range(
     return _save(figure, path)
 
 
-def plot_tradeoff(points: Sequence[Mapping[str, object]], path: str | Path) -> Path:
+def plot_tradeoff(
+    points: Sequence[Mapping[str, object]],
+    path: str | Path,
+    *,
+    chance: float | None = None,
+    note: str | None = None,
+) -> Path:
     """Accuracy against GMACs (thesis Figure 5.2): one marker per point (keys ``gmacs``,
-    ``top1`` in [0, 1], optional ``label``), points of the same ``series`` joined by a line in
-    order of GMACs."""
+    ``top1`` in [0, 1], optional ``top1_std`` drawn as an error bar, ``label`` written beside
+    it); only points of the same named ``series`` (one model under several settings) are joined
+    by a line, in order of GMACs. The accuracy axis runs from 0 to 100%, with ``chance`` (a
+    fraction, e.g. 1/num_classes) drawn as a dashed line; ``note`` (the recipe) is written under
+    the plot."""
+    return _save(_tradeoff_figure(points, chance, note), path)
+
+
+def _tradeoff_figure(points: Sequence[Mapping[str, object]], chance: float | None, note: str | None) -> Any:
+    """The figure :func:`plot_tradeoff` saves."""
     if not points:
         raise ValueError("plot_tradeoff needs at least one point")
     pyplot = _pyplot()
-    figure, axes = pyplot.subplots(figsize=(6, 4))
+    figure, axes = pyplot.subplots(figsize=(6.4, 4.6 if note else 4))
     series: dict[str, list[Mapping[str, object]]] = {}
     for point in points:
         series.setdefault(str(point.get("series", "")), []).append(point)
     for name, members in series.items():
         members = sorted(members, key=lambda p: float(p["gmacs"]))
         xs, ys = [float(p["gmacs"]) for p in members], [100 * float(p["top1"]) for p in members]
-        axes.plot(xs, ys, marker="o", linestyle="-" if len(members) > 1 else "none", label=name or None)
+        errors = [100 * float(p.get("top1_std", 0.0)) for p in members]
+        joined = bool(name) and len(members) > 1
+        axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, linestyle="-" if joined else "none",
+                      label=name or None)
         for x, y, point in zip(xs, ys, members):
             if point.get("label"):
-                axes.annotate(str(point["label"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                axes.annotate(str(point["label"]), (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+    if chance is not None:
+        axes.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.1%})")
+    axes.set_ylim(0, 100)
     axes.set_xlabel("GMACs per image")
     axes.set_ylabel("validation top-1 (%)")
     axes.grid(alpha=0.3)
-    if any(series):
+    if any(series) or chance is not None:
         axes.legend(fontsize=8)
-    figure.tight_layout()
-    return _save(figure, path)
+    if note:
+        figure.text(0.01, 0.01, "\n".join(textwrap.wrap(note, 110)), fontsize=6.5, va="bottom")
+    figure.tight_layout(rect=(0, 0.08 if note else 0, 1, 1))
+    return figure

@@ -19,7 +19,7 @@ from nni.nas.nn.pytorch import ModelSpace
 from torch import nn
 
 from dynopool_nas import dynopool_layers
-from dynopool_nas._utils import atomic_write, eval_mode, example_input
+from dynopool_nas._utils import atomic_write, eval_mode, example_input, write_together
 from dynopool_nas.convert import PLACEMENTS
 
 from .supernet import SCALE_LABEL_PREFIX, dynopool_name, name_dynopools
@@ -167,6 +167,6 @@ def save_search(strategy: Any, folder: str | Path) -> dict[str, Any]:
         logits = model(example_input(model, tuple(arch["input_size"])))
     arch["num_classes"] = int(logits.shape[-1])
     folder = Path(folder)
-    save_architecture(arch, folder / "arch.json")
-    atomic_write(folder / "weights.pt", lambda temporary: torch.save(model.state_dict(), temporary))
+    write_together(folder, {"arch.json": lambda path: save_architecture(arch, path),
+                            "weights.pt": lambda path: torch.save(model.state_dict(), path)})
     return arch

@@ -1,30 +1,37 @@
 """``dynopool-nas compare``: discovered architectures against timm's EfficientNet-B0 and -B1,
-trained under one recipe on one data set (thesis Table 5.3)."""
+trained under one recipe on one data set (thesis Table 5.3), once per seed."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import timm
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from dynopool_nas import GMACsCost, count_macs, freeze_dynopools, load_dataset
-from dynopool_nas._utils import atomic_write
+from dynopool_nas._checks import train_subset
+from dynopool_nas._utils import atomic_folder
 from dynopool_nas.train import fit
 from dynopool_nas.viz import plot_tradeoff
 
 from .arch import build_model, load_architecture
 from .search import space_of
+from .standalone import RESULT, load_result
 
-__all__ = ["BASELINES", "cpu_latency", "run_compare"]
+__all__ = ["BASELINES", "candidate_models", "cpu_latency", "is_at_chance", "run_compare"]
 
 BASELINES = ("efficientnet_b0", "efficientnet_b1")
+COMPARISON = "comparison.csv"
+"""The table a comparison writes; it also marks a folder a comparison may replace."""
 
 
 def cpu_latency(model: nn.Module, input_size: tuple[int, int, int], repeats: int = 20) -> float:
@@ -42,8 +49,91 @@ def cpu_latency(model: nn.Module, input_size: tuple[int, int, int], repeats: int
     return statistics.median(times)
 
 
+def is_at_chance(top1: float, num_classes: int, val_images: int) -> bool:
+    """Whether a validation top-1 is within three binomial standard deviations of guessing
+    (``1 / num_classes`` on ``val_images`` images), i.e. not shown to be better than chance."""
+    chance = 1.0 / num_classes
+    return top1 < chance + 3.0 * math.sqrt(chance * (1.0 - chance) / max(val_images, 1))
+
+
+def _architecture(source: str | Path) -> tuple[str, dict[str, Any]]:
+    """A discovered architecture's label and document; an ``arch.json`` with ``weights.pt``
+    beside it is read only if the two were written together."""
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    if all((folder / name).is_file() for name in RESULT):
+        return f"dynopool:{folder.name}", load_result(folder)
+    return f"dynopool:{folder.name}", load_architecture(path / "arch.json" if path.is_dir() else path)
+
+
+def candidate_models(
+    architectures: Sequence[tuple[str, dict[str, Any]]],
+    num_classes: int,
+    input_size: tuple[int, int, int],
+    *,
+    baselines: Sequence[str] = BASELINES,
+    seed: int = 0,
+) -> dict[str, nn.Module]:
+    """The models a comparison trains, freshly initialized from ``seed``: the timm
+    ``baselines`` and every ``(label, architecture)`` with its DynOPools frozen at the sizes
+    they learned (:func:`~dynopool_nas.freeze_dynopools`), all of whose weights train."""
+    in_chans = input_size[0]
+    models: dict[str, nn.Module] = {}
+    for name in baselines:
+        torch.manual_seed(seed)
+        models[name] = timm.create_model(name, num_classes=num_classes, in_chans=in_chans)
+    for label, arch in architectures:
+        torch.manual_seed(seed)
+        try:
+            space = space_of(arch, num_classes, in_chans)
+        except ValueError as error:
+            raise ValueError(f"{label}: {error}") from None
+        models[label] = freeze_dynopools(build_model(space, arch), input_size)
+    return models
+
+
+def _train(model: nn.Module, train: Any, val: Any, input_size: tuple[int, int, int], *, seed: int, epochs: int,
+           lr: float, batch_size: int) -> float:
+    """Validation top-1 of ``model`` after training it with the comparison's recipe: SGD
+    (Nesterov momentum 0.9, cosine schedule) for ``epochs``, data order drawn from ``seed``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a model without DynOPool2d has a constant cost
+        cost = GMACsCost.from_model(model, input_size)
+    torch.manual_seed(seed)
+    history = fit(model, DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True),
+                  DataLoader(val, batch_size=256), cost, epochs=epochs, lr=lr, progress=False)
+    return history[-1].val_accuracy
+
+
+def _summary(runs: pd.DataFrame, num_classes: int, val_images: int) -> pd.DataFrame:
+    """One row per model: top-1 mean, standard deviation and number of seeds, whether it is at
+    chance level, and the model's GMACs, parameters and CPU latency."""
+    table = runs.groupby("model", sort=False).agg(
+        top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"), gmacs=("gmacs", "first"),
+        params=("params", "first"), cpu_latency_ms=("cpu_latency_ms", "first"),
+    ).reset_index()
+    at_chance = [is_at_chance(top1, num_classes, val_images) for top1 in table["top1_mean"]]
+    return table.assign(at_chance=at_chance)
+
+
+def _markdown(table: pd.DataFrame, recipe: str, num_classes: int, val_images: int) -> str:
+    """comparison.md: the recipe, the table (top-1 as mean +- std over seeds) and what "at chance" means."""
+    shown = pd.DataFrame({
+        "model": table["model"],
+        "top-1 (%)": [f"{100 * m:.1f} ± {100 * s:.1f}" if n > 1 else f"{100 * m:.1f}"
+                      for m, s, n in zip(table["top1_mean"], table["top1_std"], table["n"])],
+        "seeds": table["n"],
+        "at chance": ["**yes**" if flag else "" for flag in table["at_chance"]],
+        "GMACs": table["gmacs"], "params": table["params"], "CPU latency (ms)": table["cpu_latency_ms"],
+    })
+    return (f"Recipe: {recipe}.\n\n" + shown.to_markdown(index=False, floatfmt=".4g") + "\n\n"
+            f"At chance: top-1 not above chance ({1 / num_classes:.1%}, 1/{num_classes} classes) by three binomial "
+            f"standard deviations on the {val_images} validation images; such a number says nothing about the "
+            "architecture (too few epochs or images for it to learn).\n")
+
+
 def run_compare(
-    architectures: list[str | Path],
+    architectures: Sequence[str | Path],
     output: str | Path,
     *,
     dataset: str = "digits",
@@ -53,53 +143,49 @@ def run_compare(
     lr: float = 0.05,
     data_dir: str | None = None,
     max_train_images: int | None = None,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
+    baselines: Sequence[str] = BASELINES,
 ) -> pd.DataFrame:
-    """Train EfficientNet-B0, -B1 and every architecture (an ``arch.json`` or a folder holding one)
-    from scratch with the same recipe (SGD, cosine schedule, ``epochs``); the discovered ones keep
-    their learned feature-map sizes (DynOPools frozen). Write ``comparison.csv``, ``comparison.md``
-    and ``comparison.png`` to ``output`` and return the table."""
-    splits = load_dataset(dataset, image_size=image_size, root=data_dir, seed=seed)
-    train = splits.train if max_train_images is None else Subset(splits.train, range(max_train_images))
-    input_size = (splits.in_chans, image_size, image_size)
-    candidates: dict[str, nn.Module] = {}
-    for name in BASELINES:
-        torch.manual_seed(seed)
-        candidates[name] = timm.create_model(name, num_classes=splits.num_classes, in_chans=splits.in_chans)
-    for source in architectures:
-        path = Path(source)
-        arch = load_architecture(path / "arch.json" if path.is_dir() else path)
-        torch.manual_seed(seed)
-        try:
-            space = space_of(arch, splits.num_classes, splits.in_chans)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
-        model = build_model(space, arch)
-        label = f"dynopool:{path.parent.name if path.is_file() else path.name}"
-        candidates[label] = freeze_dynopools(model, input_size)
-    rows = []
-    for name, model in candidates.items():
-        torch.manual_seed(seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            cost = GMACsCost.from_model(model, input_size)
-        history = fit(model, DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True),
-                      DataLoader(splits.val, batch_size=256), cost, epochs=epochs, lr=lr, progress=False)
-        rows.append({
-            "model": name,
-            "top1": history[-1].val_accuracy,
-            "gmacs": count_macs(model, input_size).gmacs,
-            "params": sum(p.numel() for p in model.parameters()),
-            "cpu_latency_ms": cpu_latency(model, input_size) * 1e3,
-        })
-    table = pd.DataFrame(rows)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "comparison.csv", lambda p: table.to_csv(p, index=False))
-    atomic_write(output / "comparison.md", lambda p: p.write_text(
-        f"Recipe: {dataset} at {image_size}x{image_size}, {epochs} epochs, SGD lr {lr}, batch {batch_size}, "
-        f"seed {seed}; latency: one image, {torch.get_num_threads()} CPU threads.\n\n"
-        + table.to_markdown(index=False, floatfmt=".4g") + "\n"))
-    plot_tradeoff([{"gmacs": r.gmacs, "top1": r.top1, "label": r.model} for r in table.itertuples()],
-                  output / "comparison.png")
+    """Train the ``baselines`` (EfficientNet-B0, -B1) and every architecture (an ``arch.json`` or
+    a folder holding one) from scratch with the same recipe (SGD, cosine schedule, ``epochs``),
+    once per seed (initialization and data order; the validation split is the same for all);
+    the discovered ones keep their learned feature-map sizes (DynOPools frozen). Write to
+    ``output``, which is replaced as a whole: ``comparison.csv`` (top-1 mean, std and number of
+    seeds, whether it is at chance level, GMACs, parameters, CPU latency), ``comparison_runs.csv``
+    (every run), ``comparison.md`` and ``comparison.png`` (both with the recipe); return the table."""
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be one or more different integers, got {seeds}")
+    discovered = [_architecture(source) for source in architectures]
+    if not discovered and not baselines:
+        raise ValueError("nothing to compare: give an architecture or keep the baselines")
+    with atomic_folder(output, marker=COMPARISON) as building:
+        splits = load_dataset(dataset, image_size=image_size, root=data_dir, seed=seeds[0])
+        train = train_subset(splits.train, max_train_images, batch_size)
+        input_size = (splits.in_chans, image_size, image_size)
+        rows: list[dict[str, Any]] = []
+        measured: dict[str, dict[str, Any]] = {}
+        for seed in seeds:
+            models = candidate_models(discovered, splits.num_classes, input_size, baselines=baselines, seed=seed)
+            for name, model in models.items():
+                top1 = _train(model, train, splits.val, input_size, seed=seed, epochs=epochs, lr=lr,
+                              batch_size=batch_size)
+                measured.setdefault(name, {
+                    "gmacs": count_macs(model, input_size).gmacs, "params": sum(p.numel() for p in model.parameters()),
+                    "cpu_latency_ms": cpu_latency(model, input_size) * 1e3,
+                })
+                rows.append({"model": name, "seed": seed, "top1": top1, **measured[name]})
+        runs = pd.DataFrame(rows)
+        table = _summary(runs, splits.num_classes, len(splits.val))
+        recipe = (f"{dataset} at {image_size}x{image_size}, {len(train)} training images, {epochs} epochs, SGD lr {lr} "
+                  f"(Nesterov, cosine), batch {batch_size}, seeds {seeds}; latency: one image, "
+                  f"{torch.get_num_threads()} CPU threads")
+        table.to_csv(building / COMPARISON, index=False)
+        runs.to_csv(building / "comparison_runs.csv", index=False)
+        (building / "comparison.md").write_text(_markdown(table, recipe, splits.num_classes, len(splits.val)))
+        plot_tradeoff(
+            [{"gmacs": r.gmacs, "top1": r.top1_mean, "top1_std": 0.0 if r.n < 2 else r.top1_std,
+              "label": f"{r.model} (at chance)" if r.at_chance else r.model} for r in table.itertuples()],
+            building / "comparison.png", chance=1.0 / splits.num_classes, note=recipe,
+        )
     return table

@@ -42,3 +42,19 @@ def test_tradeoff_figure_is_written_and_empty_input_refused(tmp_path):
     assert plot_tradeoff(points, tmp_path / "tradeoff.png").read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="at least one point"):
         plot_tradeoff([], tmp_path / "none.png")
+
+
+def test_tradeoff_points_stand_alone_with_error_bars_on_an_axis_from_zero():
+    from dynopool_nas.viz import _tradeoff_figure
+
+    points = [{"gmacs": 0.4, "top1": 0.95, "top1_std": 0.01, "label": "efficientnet_b0"},
+              {"gmacs": 0.7, "top1": 0.96, "top1_std": 0.02, "label": "efficientnet_b1"},
+              {"gmacs": 0.1, "top1": 0.11, "label": "dynopool:cells (at chance)"}]
+    figure = _tradeoff_figure(points, chance=0.1, note="digits at 16x16, 1 epoch, seeds [0, 1]")
+    axes = figure.axes[0]
+    assert axes.get_ylim() == (0, 100)
+    joined = [line for line in axes.get_lines() if line.get_linestyle() != "None" and len(set(line.get_xdata())) > 1]
+    assert len(joined) == 1 and set(joined[0].get_ydata()) == {10}  # only the chance line crosses the plot
+    assert axes.containers[0].has_yerr
+    assert {text.get_text() for text in axes.texts} == {point["label"] for point in points}
+    assert any("seeds [0, 1]" in text.get_text() for text in figure.texts)
