@@ -5,7 +5,7 @@ Imports NNI; the layer itself lives in :mod:`dynopool_nas`, which does not.
 
 from . import (
     _nni,  # noqa: F401  (first: NNI without its harmless import-time warnings)
-    _nni_compat,  # noqa: F401  (fixes freezing bias-free mixed operations)
+    _nni_compat,  # noqa: F401  (NNI fixes; one-shot strategies refuse DynOPools they cannot search)
 )
 from .constraint import GMACsConstraint, supernet_cost, supernet_gates
 from .darts import DynOPoolDARTS, DynOPoolGumbelDARTS
