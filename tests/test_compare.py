@@ -1,4 +1,5 @@
 import logging
+import shutil
 
 import pandas as pd
 import pytest
@@ -97,3 +98,12 @@ def test_compare_trains_every_model_per_seed_and_reports_the_spread(searched, tm
 def test_accuracy_at_chance_is_flagged():
     assert is_at_chance(0.1, 10, 360) and is_at_chance(0.14, 10, 360)  # 3 sd of guessing is 4.7 points here
     assert not is_at_chance(0.2, 10, 360) and not is_at_chance(0.9, 10, 360)
+
+
+def test_compare_refuses_an_architecture_whose_weights_were_not_written_with_it(searched, tmp_path):
+    folder, _ = searched
+    result = shutil.copytree(folder, tmp_path / "result")
+    (result / "weights.pt").write_bytes(b"from another run")
+    with pytest.raises(ValueError, match=r"weights\.pt is not the file written with the rest"):
+        run_compare([result], tmp_path / "out", epochs=1, image_size=13, batch_size=32, baselines=())
+    assert not (tmp_path / "out").exists()
