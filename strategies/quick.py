@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -12,12 +14,17 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from tqdm import tqdm
 
-from dynopool_nas._utils import atomic_write
+from dynopool_nas._checks import writable_folder
+from dynopool_nas._utils import CHECKSUMS, atomic_write
 
-__all__ = ["QUICK_CONFIG", "results_table", "run_quick"]
+__all__ = ["QUICK_CONFIG", "results_table", "run_quick", "trial_command"]
 
 QUICK_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "quick.yml"
+"""The quick experiment's config in a source checkout (a wheel does not carry ``experiments/``)."""
+
+_FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 
 
 def _free_port() -> int:
@@ -28,7 +35,38 @@ def _free_port() -> int:
 
 def _nnictl(*arguments: str) -> subprocess.CompletedProcess:
     nnictl = Path(sys.executable).with_name("nnictl")
-    return subprocess.run([str(nnictl), *arguments], capture_output=True, text=True, timeout=180, check=False)
+    quiet = {**os.environ, "PYTHONWARNINGS": "ignore:pkg_resources is deprecated:UserWarning"}
+    return subprocess.run([str(nnictl), *arguments], capture_output=True, text=True, timeout=180, check=False,
+                          env=quiet)
+
+
+def trial_command(command: str, *, python: str = sys.executable, epochs: int | None = None) -> str:
+    """``command`` (a config's ``trialCommand``, ``python trial.py ...``) run by ``python``, with
+    its ``--epochs`` set to ``epochs`` (added if absent)."""
+    words = shlex.split(command)
+    if not words or not Path(words[0]).name.startswith("python"):
+        raise ValueError(f"the config's trialCommand must start with python, got {command!r}")
+    words[0] = python
+    if epochs is not None:
+        words = [word for word in words if not word.startswith("--epochs=")]
+        if "--epochs" in words:
+            at = words.index("--epochs")
+            del words[at:at + 2]
+        words += ["--epochs", str(epochs)]
+    return shlex.join(words)
+
+
+def _read_config(config: Path) -> dict[str, Any]:
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"no nnictl config at {config}: quick runs experiments/quick.yml of a source checkout of dynopool-nas "
+            "(pip install -e .), which a wheel does not carry; pass --config to run another"
+        )
+    settings = yaml.safe_load(config.read_text())
+    missing = [key for key in ("trialCommand", "searchSpaceFile", "maxTrialNumber") if key not in (settings or {})]
+    if missing:
+        raise ValueError(f"{config} lacks {missing}: start from experiments/quick.yml")
+    return settings
 
 
 def results_table(experiment: Any) -> pd.DataFrame:
@@ -44,6 +82,20 @@ def results_table(experiment: Any) -> pd.DataFrame:
     return table.sort_values("top1", ascending=False, na_position="last") if len(table) else table
 
 
+def _wait(experiment: Any, total: int, progress: bool) -> None:
+    """Poll ``experiment`` until it ends, with one progress bar of finished trials."""
+    with tqdm(total=total, unit="trial", desc="trials", disable=not progress, dynamic_ncols=True) as bar:
+        while True:
+            status = experiment.get_status()
+            trials = experiment.list_trial_jobs()
+            failed = sum(trial.status == "FAILED" for trial in trials)
+            bar.update(sum(trial.status in _FINISHED for trial in trials) - bar.n)
+            bar.set_postfix_str(f"{status.lower()}, {failed} failed" if failed else status.lower())
+            if status in ("DONE", "ERROR", "STOPPED"):
+                return
+            time.sleep(2)
+
+
 def run_quick(
     output: str | Path = "runs/quick",
     *,
@@ -52,38 +104,35 @@ def run_quick(
     epochs: int | None = None,
     keep: bool = False,
     config: Path = QUICK_CONFIG,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Start the quick experiment, wait for it, print the results, copy the best trial's
     ``arch.json`` and ``weights.pt`` to ``output/best``; stop the experiment unless ``keep``."""
     from nni.experiment import Experiment
 
-    output = Path(output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    settings = yaml.safe_load(config.read_text())
-    command = settings["trialCommand"].replace("python ", f"{sys.executable} ", 1)
-    if epochs is not None:
-        command = command.replace("--epochs 2", f"--epochs {epochs}")
+    output = writable_folder(output).resolve()
+    config = Path(config).resolve()
+    settings = _read_config(config)
     settings.update(
-        trialCommand=command,
-        trialCodeDirectory=str(config.parent),
+        trialCommand=trial_command(settings["trialCommand"], epochs=epochs),
+        trialCodeDirectory=str(config.parent / settings.get("trialCodeDirectory", ".")),
         searchSpaceFile=str(config.parent / settings["searchSpaceFile"]),
         experimentWorkingDirectory=str(output / "nni"),
     )
     if max_trials is not None:
         settings["maxTrialNumber"] = max_trials
-    run_config = output / "quick.yml"
-    run_config.write_text(yaml.safe_dump(settings))
+    output.mkdir(parents=True, exist_ok=True)
+    run_config = atomic_write(output / "quick.yml", lambda path: path.write_text(yaml.safe_dump(settings)))
     port = port or _free_port()
     created = _nnictl("create", "--config", str(run_config), "--port", str(port))
     if created.returncode != 0:
-        raise RuntimeError(f"nnictl create failed:\n{created.stdout}\n{created.stderr}")
+        reason = " ".join((created.stderr or created.stdout).split())[-600:]
+        raise RuntimeError(f"nnictl create --config {run_config} failed: {reason}")
     experiment = Experiment.connect(port)
-    print(f"NNI web UI: http://127.0.0.1:{port}  (experiment {experiment.id})", flush=True)
+    print(f"NNI web UI: http://127.0.0.1:{port}  (experiment {experiment.id}; NNI serves it, and the REST API that "
+          "starts and stops trials, on every network interface of this machine)", flush=True)
     try:
-        while (status := experiment.get_status()) not in ("DONE", "ERROR", "STOPPED"):
-            done = sum(t.status in ("SUCCEEDED", "FAILED") for t in experiment.list_trial_jobs())
-            print(f"  {status.lower()}: {done}/{settings['maxTrialNumber']} trials finished", flush=True)
-            time.sleep(10)
+        _wait(experiment, settings["maxTrialNumber"], progress)
         table = results_table(experiment)
     finally:
         if not keep:
@@ -93,8 +142,7 @@ def run_quick(
     if len(best):
         trial_id = best["trial"].iloc[0]
         trial_dir = next((output / "nni").glob(f"{experiment.id}/environments/*/trials/{trial_id}"))
-        (output / "best").mkdir(exist_ok=True)
-        for name in ("arch.json", "weights.pt"):
+        for name in ("arch.json", "weights.pt", CHECKSUMS):  # the checksums last, as they were written
             atomic_write(output / "best" / name, lambda path, name=name: shutil.copyfile(trial_dir / name, path))
         best_dir = output / "best"
         print(f"best trial {trial_id}: architecture {best_dir / 'arch.json'}, weights {best_dir / 'weights.pt'}")

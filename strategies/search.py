@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from nni.nas.evaluator.pytorch import Classification, DataLoader
 from nni.nas.experiment import NasExperiment
-from torch.utils.data import Subset
 
 from dynopool_nas import load_dataset
-from dynopool_nas._utils import atomic_write
+from dynopool_nas._checks import train_subset, writable_folder
+from dynopool_nas._quiet import quiet
+from dynopool_nas._utils import atomic_write, write_together
 from dynopool_nas.convert import Placement
 from dynopool_nas.models import MODELS
 
@@ -19,7 +22,9 @@ from .arch import build_model, export_architecture, rebuild_space, save_architec
 from .constraint import GMACsConstraint
 from .darts import DynOPoolDARTS, DynOPoolGumbelDARTS
 
-__all__ = ["SPACES", "STRATEGIES", "make_space", "run_search", "save_weights", "space_fields", "space_of"]
+__all__ = [
+    "SPACES", "STRATEGIES", "load_weights", "make_space", "run_search", "save_weights", "space_fields", "space_of",
+]
 
 STRATEGIES = {"darts": DynOPoolDARTS, "gumbel-darts": DynOPoolGumbelDARTS}
 SPACES = ("cells", "efficientnet", *MODELS)
@@ -70,6 +75,38 @@ def save_weights(model: torch.nn.Module, path: Path) -> Path:
     return atomic_write(path, lambda temporary: torch.save(model.state_dict(), temporary))
 
 
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict written by :func:`save_weights`, loaded with ``weights_only=True`` onto the
+    CPU; a missing, empty, truncated or foreign file is an error that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights file there; point at the folder of a search, a trial or an export")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load's errors name neither the file nor the cause
+        reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable weights file ({reason[:120]}): it is empty, truncated or not "
+                         "written by dynopool-nas; run the search or trial that made it again") from None
+
+
+def _run_to_the_end(experiment: NasExperiment) -> None:
+    """Run ``experiment`` and stop it (NNI leaves that to exit time); a Ctrl-C, which NNI's
+    ``run`` swallows, is raised again so that no half-trained result is written."""
+    with quiet():
+        try:
+            finished = experiment.run()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                experiment.stop()
+            raise
+        if finished:
+            experiment.stop()
+    if not finished:
+        raise KeyboardInterrupt
+
+
 def run_search(
     space: str,
     strategy: str,
@@ -95,9 +132,10 @@ def run_search(
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    output = writable_folder(output)
     torch.manual_seed(seed)
     splits = load_dataset(dataset, image_size=image_size, root=data_dir, download=download, seed=seed)
-    train = splits.train if max_train_images is None else Subset(splits.train, range(max_train_images))
+    train = train_subset(splits.train, max_train_images, batch_size)
     constraint = None
     if gmacs_lambda is not None or gmacs_budget is not None:
         constraint = GMACsConstraint(lam=gmacs_lambda, budget=gmacs_budget)
@@ -112,10 +150,9 @@ def run_search(
         input_size=(splits.in_chans, image_size, image_size), alpha_learning_rate=alpha_learning_rate,
         constraint=constraint,
     )
-    NasExperiment(search_space, evaluator, search).run()
+    _run_to_the_end(NasExperiment(search_space, evaluator, search))
     arch = export_architecture(search) | space_fields(space, placement) | {"num_classes": splits.num_classes}
-    output = Path(output)
-    save_architecture(arch, output / "arch.json")
     model = build_model(search.supernet, arch)
-    save_weights(model, output / "weights.pt")
+    write_together(output, {"arch.json": lambda path: save_architecture(arch, path),
+                            "weights.pt": lambda path: save_weights(model, path)})
     return arch, model

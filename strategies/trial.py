@@ -19,6 +19,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from dynopool_nas import GMACsCost, dynopool_layers, load_dataset
+from dynopool_nas._checks import train_subset
+from dynopool_nas._quiet import quiet
+from dynopool_nas._utils import write_together
 from dynopool_nas.convert import Placement
 from dynopool_nas.train import EpochResult, fit
 
@@ -87,21 +90,23 @@ def run_trial(
         history.append(trial_metrics(result.val_accuracy, result.gmacs, parameters, result.sizes))
         nni.report_intermediate_result(history[-1])
 
-    fit(
-        model,
-        DataLoader(splits.train, batch_size=batch_size, shuffle=True, drop_last=True),
-        DataLoader(splits.val, batch_size=256),
-        cost,
-        epochs=epochs, lr=settings["lr"], alpha_lr=settings["alpha_lr"], gmacs_lambda=settings["gmacs_lambda"],
-        progress=False, on_epoch=report, after_step=constraint.project if constraint else None,
-        devices=devices, accelerator=accelerator,
-    )
+    with quiet():
+        fit(
+            model,
+            DataLoader(train_subset(splits.train, None, batch_size), batch_size=batch_size, shuffle=True,
+                       drop_last=True),
+            DataLoader(splits.val, batch_size=256),
+            cost,
+            epochs=epochs, lr=settings["lr"], alpha_lr=settings["alpha_lr"], gmacs_lambda=settings["gmacs_lambda"],
+            progress=False, on_epoch=report, after_step=constraint.project if constraint else None,
+            devices=devices, accelerator=accelerator,
+        )
     if not history:
         return {}
     nni.report_final_result(history[-1])
     output = Path(output_dir or os.environ.get("NNI_OUTPUT_DIR", "."))
     output.mkdir(parents=True, exist_ok=True)
-    save_architecture({
+    arch = {
         "schema_version": SCHEMA_VERSION,
         "input_size": list(input_size),
         "choices": choices,
@@ -110,6 +115,7 @@ def run_trial(
         "metrics": {k: history[-1][k] for k in ("default", "gmacs", "params")},
         **space_fields(space, placement),
         "num_classes": splits.num_classes,
-    }, output / "arch.json")
-    save_weights(model, output / "weights.pt")
+    }
+    write_together(output, {"arch.json": lambda path: save_architecture(arch, path),
+                            "weights.pt": lambda path: save_weights(model, path)})
     return history[-1]

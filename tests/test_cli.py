@@ -44,3 +44,78 @@ def test_bad_command_line_is_refused():
     done = subprocess.run([sys.executable, "-m", "dynopool_nas.cli", "macs", "no_such_model"],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def _status(arguments: list[str], capsys) -> tuple[int, str]:
+    """Exit status and stderr of the command line ``arguments`` (argparse exits; commands return)."""
+    try:
+        status = main(arguments)
+    except SystemExit as exit:
+        status = exit.code
+    return status, capsys.readouterr().err
+
+
+def test_help_imports_neither_torch_nor_nni():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "dynopool_nas.cli", "--help"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "COMMAND" in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "dynopool_nas._checks" in imported  # the package was imported, and the CLI ran
+    assert not {name.split(".")[0] for name in imported} & {"torch", "nni", "pytorch_lightning", "strategies"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status", "message"),
+    [
+        (["search", "--space", "nowhere"], 2, "invalid choice: 'nowhere'"),
+        (["search", "--dataset", "cifar100", "--data-dir", "{tmp}/missing", "--output", "{tmp}/out"], 1,
+         "folder {tmp}/missing does not exist"),
+        (["search", "--output", "{tmp}/file"], 2, "is a file, not a folder"),
+        (["export", "{tmp}/run", "--output", "{tmp}/file/export"], 2, "lies under the file"),
+        (["search", "--epochs", "0"], 2, "argument --epochs: must be at least 1"),
+        (["macs", "small_cnn", "--image-size", "4"], 2, "--image-size 4 is too small for the model"),
+    ],
+)
+def test_errors_are_one_line_with_a_usage_or_failure_status(tmp_path, capsys, arguments, status, message):
+    (tmp_path / "file").write_text("not a folder")
+    got, err = _status([a.format(tmp=tmp_path) for a in arguments], capsys)
+    assert got == status
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"dynopool-nas {arguments[0]}: error: ")
+
+
+def test_a_malformed_architecture_is_one_line_naming_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "arch.json").write_text('{"schema_version": 1, "choices": ')
+    (run / "weights.pt").write_bytes(b"")
+    status, err = _status(["export", str(run), "--output", str(tmp_path / "export")], capsys)
+    assert status == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("dynopool-nas export: error: ") and str(run.name) in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["search", "--dataset", "cifar100", "--data-dir", str(tmp_path / "missing"), "--output", str(tmp_path),
+              "--debug"])
+
+
+def test_image_size_smallest_that_works_is_named():
+    from dynopool_nas._checks import UsageError, check_image_size
+    from dynopool_nas.models import small_cnn
+
+    model = small_cnn(num_classes=10, in_chans=1)
+    check_image_size(model, (1, 8, 8))  # three 2x2 max-pools: 8 is the smallest size
+    with pytest.raises(UsageError, match=r"--image-size 7 is too small for the model.*use at least 8"):
+        check_image_size(model, (1, 7, 7))
+    assert model.training
+
+
+def test_failure_from_the_entry_point_is_one_line():
+    done = subprocess.run([sys.executable, "-m", "dynopool_nas.cli", "macs", "small_cnn", "--image-size", "4"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "dynopool-nas macs: error: --image-size 4 is too small for the model (a layer's output would be empty); "
+        "use at least 8"
+    ]

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from nni.experiment import Experiment
@@ -48,6 +49,9 @@ def test_quick_config_runs_with_nnictl_and_reports_gmacs(experiment_config):
     assert created.returncode == 0, created.stderr
     experiment = Experiment.connect(port)
     try:
+        # What the README says: NNI 3.0 serves its web UI and REST API on every interface, with no option to bind.
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+        assert listening and listening <= {"0.0.0.0", "::"}
         deadline = time.monotonic() + 300
         while experiment.get_status() not in ("DONE", "ERROR", "STOPPED") and time.monotonic() < deadline:
             time.sleep(3)
@@ -75,8 +79,11 @@ def test_quick_command_runs_the_quick_config_and_keeps_the_best_trial(tmp_path, 
     from strategies.quick import run_quick
 
     table = run_quick(tmp_path, max_trials=2, epochs=1)
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert len(table) == 2 and set(table["status"]) == {"SUCCEEDED"}
+    assert "trials finished" not in out and "2/2" in captured.err  # one progress bar, no line per poll
+    assert "--epochs 1" in (tmp_path / "quick.yml").read_text()
     assert table["top1"].is_monotonic_decreasing and (table["gmacs"] > 0).all()
     assert "NNI web UI: http://127.0.0.1:" in out and "experiment stopped" in out
     arch = load_architecture(tmp_path / "best" / "arch.json")

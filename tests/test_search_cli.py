@@ -1,12 +1,15 @@
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from dynopool_nas._checks import UsageError
 from dynopool_nas.cli import main
 from strategies.arch import build_model, load_architecture
-from strategies.search import make_space, run_search
+from strategies.search import load_weights, make_space, run_search, save_weights
 
 
 @pytest.fixture(autouse=True)
@@ -38,12 +41,57 @@ def test_exported_weights_load_into_the_rebuilt_model_and_compute_the_same(tmp_p
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [(["--space", "nowhere"], "unknown space"), (["--dataset", "cifar100"], "--data-dir"),
-     (["--epochs", "0"], "at least 1")],
+    [(["--space", "nowhere"], "invalid choice: 'nowhere'"), (["--dataset", "cifar100"], "--data-dir"),
+     (["--epochs", "0"], "must be at least 1"),
+     (["--max-train-images", "10"], "--max-train-images 10 is less than one batch (--batch-size 64)"),
+     (["--max-train-images", "100000"], "--max-train-images 100000 exceeds the 1438 training images"),
+     (["--batch-size", "5000"], "the data set's 1438 images is less than one batch (--batch-size 5000)")],
 )
-def test_bad_search_arguments_are_refused(tmp_path, arguments, message):
-    with pytest.raises(ValueError, match=message):
-        main(["search", "--output", str(tmp_path), *arguments])
+def test_bad_search_arguments_are_refused_before_any_work(tmp_path, capsys, arguments, message):
+    try:
+        status = main(["search", "--output", str(tmp_path), *arguments])
+    except SystemExit as exit:
+        status = exit.code
+    assert status in (1, 2) and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_search_checks_its_output_and_training_subset_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        run_search("cells", "darts", "digits", epochs=1, output=tmp_path / "file")
+    with pytest.raises(UsageError, match="exceeds the 1438 training images"):
+        run_search("cells", "darts", "digits", epochs=1, output=tmp_path, max_train_images=2000)
+
+
+@pytest.mark.parametrize("content", [b"", "half", b"not a checkpoint"], ids=["empty", "truncated", "foreign"])
+def test_damaged_weights_are_an_error_that_names_the_file(tmp_path, content):
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    path.write_bytes(path.read_bytes()[:100] if content == "half" else content)
+    with pytest.raises(ValueError, match=f"{path} is not a readable weights file.*run the search or trial"):
+        load_weights(path)
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        load_weights(tmp_path / "missing.pt")
+
+
+def test_weights_round_trip(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    state = load_weights(save_weights(model, tmp_path / "weights.pt"))
+    assert state.keys() == model.state_dict().keys() and torch.equal(state["weight"], model.weight)
+
+
+def test_one_shot_search_prints_only_what_it_found(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "dynopool_nas.cli", "search", "--space", "small_cnn", "--epochs", "1", "--image-size",
+         "12", "--max-train-images", "64", "--batch-size", "32", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "validation top-1" in done.stdout
+    for noise in ("training_service", "RuntimeWarning", "GPU available", "litlogger", "LeafSpec", "Traceback"):
+        assert noise not in output, noise
 
 
 def test_conflicting_constraints_are_refused(capsys):

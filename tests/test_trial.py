@@ -35,4 +35,6 @@ def test_trial_runs_data_parallel_behind_one_flag(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     output = done.stdout + done.stderr
     assert "MEMBER: 2/2" in output and output.count("Final result") == 1
+    for noise in ("GPU available", "litlogger", "not a nn.Module", "LeafSpec", "`Trainer.fit` stopped"):
+        assert noise not in output, noise
     assert (tmp_path / "arch.json").is_file() and (tmp_path / "weights.pt").is_file()
