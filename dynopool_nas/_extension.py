@@ -155,9 +155,14 @@ def _no_derivative(ctx: object, *grads: torch.Tensor) -> tuple[None, ...]:
 
 def cpu_kernel_available() -> bool:
     """Whether max DynOPool runs in the compiled kernels on the CPU (building them if needed)."""
+    return kernels_enabled() and _cpu_kernel_loaded()
+
+
+@torch.compiler.assume_constant_result
+def _cpu_kernel_loaded() -> bool:
+    """Build or load the kernels once per process. ``torch.compile`` calls this while tracing
+    (the answer never changes once given) rather than tracing the build."""
     global _loaded
-    if not kernels_enabled():
-        return False
     if _loaded is None:
         _loaded = _load()
     return _loaded

@@ -118,7 +118,7 @@ class DynOPool2d(nn.Module):
                                  f"pass max_scale={high:g} as well")
             scale_bounds = (low, high)
         r_h, r_w = _pair(scale, "scale")
-        if max(r_h, r_w) > self.max_scale:
+        if max(r_h, r_w) > self.max_scale * (1 + _TOLERANCE):  # a learned scale on its bound, exported, passes
             raise ValueError(
                 f"{self.name}: scale {scale!r} is above max_scale={self.max_scale:g} (an output "
                 f"{max(r_h, r_w):g} times its input per side); pass max_scale= if that is intended"
@@ -248,15 +248,21 @@ class DynOPool2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        register_scale(self)
         in_h, in_w = x.shape[-2:]
         size = self.output_size_for(self.alpha.new_tensor((in_h, in_w)))
-        # One device-to-host copy per call: alpha for the checks and the rounded sizes.
+        return dynopool2d(x, size, self._output_size(size, (in_h, in_w)), self.aggregation)
+
+    @torch.compiler.disable
+    def _output_size(self, size: Tensor, in_size: tuple[int, int]) -> tuple[int, int]:
+        """The integer output size of the straight-through ``size``, with one device-to-host copy
+        per call (alpha for the checks and the rounded sizes), and the module's records. The size
+        is data-dependent, so ``torch.compile`` runs this eagerly: one graph break per call."""
+        register_scale(self)
         host = torch.cat([self.alpha.detach(), size.detach()]).tolist()
-        self._check_alpha(host[:2], (in_h, in_w))
+        self._check_alpha(host[:2], in_size)
         out_size = (round(host[2]), round(host[3]))
-        self.input_size, self.output_size = (in_h, in_w), out_size
-        return dynopool2d(x, size, out_size, self.aggregation)
+        self.input_size, self.output_size = in_size, out_size
+        return out_size
 
     def extra_repr(self) -> str:
         r_h, r_w = (1.0 / a for a in self.alpha.detach().tolist())

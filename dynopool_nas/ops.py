@@ -133,13 +133,15 @@ CPU_KERNELS = Kernels(_extension.max_forward, _extension.max_backward)
 
 def _kernels_for(x: Tensor, aggregation: str) -> Kernels | None:
     """Where DynOPool computes, decided here alone: compiled kernels for ``x``'s device, or None
-    for PyTorch operators (mean aggregation; tracing and ``torch.compile``, which see PyTorch
-    operators; no kernels for the device, or none built)."""
-    if aggregation != "max" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    for PyTorch operators (mean aggregation; TorchScript tracing, which sees PyTorch operators;
+    no kernels for the device, or none built). ``torch.compile`` puts the CPU kernels in its graph
+    as the ops ``torch.ops.dynopool_nas.max_forward`` / ``max_backward`` (registered with their
+    fake implementations and derivative); on CUDA it compiles the PyTorch operators."""
+    if aggregation != "max" or torch.jit.is_tracing():
         return None
     if x.device.type == "cpu" and _extension.cpu_kernel_available():
         return CPU_KERNELS
-    if x.device.type == "cuda" and _extension.kernels_enabled():
+    if x.device.type == "cuda" and _extension.kernels_enabled() and not torch.compiler.is_compiling():
         return _cuda_kernels(x)
     return None
 
