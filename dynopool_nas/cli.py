@@ -3,8 +3,8 @@
 Building the parser imports neither torch nor NNI: each command imports what it needs when it
 runs, so ``dynopool-nas --help`` answers at once. Output folders are checked while the command
 line is read, before any work. A command that fails prints one line (what failed and what to
-do) and exits with status 1, or 2 for a bad argument; ``--debug`` shows the traceback and every
-message of the libraries underneath.
+do) and exits with status 1, or 2 for a bad argument; ``--debug`` shows the traceback. Messages
+of NNI, Lightning and PyTorch known to be harmless here are silenced (:mod:`dynopool_nas._quiet`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._checks import UsageError, writable_folder
+from ._quiet import quiet
 
 if TYPE_CHECKING:
     from .train import EpochResult
@@ -183,8 +184,7 @@ def _compare(args: argparse.Namespace) -> None:
 def _command(commands: Any, name: str, run: Callable[[argparse.Namespace], None], summary: str) -> Any:
     """A sub-command that runs ``run(args)``, with the options every command has."""
     parser = commands.add_parser(name, help=summary, description=summary)
-    parser.add_argument("--debug", action="store_true",
-                        help="on failure, show the full traceback; show every library message")
+    parser.add_argument("--debug", action="store_true", help="on failure, show the full traceback")
     parser.set_defaults(run=run)
     return parser
 
@@ -274,21 +274,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    if args.debug:
-        args.run(args)
-    else:
-        from ._quiet import quiet
-
-        try:
-            with quiet(tracing=True):
-                args.run(args)
-        except KeyboardInterrupt:
-            print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
-            return 130
-        except Exception as error:
-            message, status = _failure(error, args)
-            print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
-            return status
+    try:
+        with quiet(tracing=True):
+            args.run(args)
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        message, status = _failure(error, args)
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+        return status
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -119,3 +119,19 @@ def test_failure_from_the_entry_point_is_one_line():
         "dynopool-nas macs: error: --image-size 4 is too small for the model (a layer's output would be empty); "
         "use at least 8"
     ]
+
+
+def test_a_pooling_window_larger_than_the_map_is_blamed_on_the_image_size():
+    import argparse
+
+    import torch
+    import torch.nn.functional as F
+
+    from dynopool_nas.cli import _failure
+
+    with pytest.raises(RuntimeError) as raised:
+        F.max_pool2d(torch.zeros(1, 1, 1, 1), 2)
+    message, status = _failure(raised.value, argparse.Namespace(image_size=4))
+    assert status == 2 and message.startswith("--image-size 4 is too small for the model (")
+    message, status = _failure(RuntimeError("CUDA error"), argparse.Namespace(image_size=4))
+    assert status == 1 and message == "RuntimeError: CUDA error (--debug shows the traceback)"
