@@ -13,7 +13,8 @@ Two global ``torch.optim`` step hooks, installed when this module is imported, a
   ``alpha``'s is also multiplied by ``alpha``: a steady push then changes a scale by the group's
   learning rate of itself per step (a step in ``log alpha``), less when its gradient is noisy,
   whatever the layer's input size (``d size / d alpha = -H_in / alpha^2``), the work downstream
-  and the loss's scale. ``"plain"`` keeps the thesis's gradient.
+  and the loss's scale. ``"plain"`` keeps the thesis's gradient. The running RMS lives beside
+  the optimizer, not in its ``state_dict``: a resumed run starts it afresh.
 """
 
 from __future__ import annotations

@@ -251,3 +251,10 @@ def test_fit_takes_normalized_scale_steps_by_default(scale_step):
     # one Nesterov step (momentum 0.9, gain 1.9 on the first step, 10 on a steady push) of lr / 10
     expected = torch.full_like(relative, 1.9 * 0.005 / 10)
     assert torch.allclose(relative, expected, rtol=1e-3) == (scale_step == "normalized")
+
+
+def test_a_scale_learned_up_to_its_bound_can_be_rebuilt():
+    layer = DynOPool2d(0.5, max_scale=3.7)
+    _train(layer, torch.optim.Adam([layer.alpha], lr=0.1), UP, steps=100)
+    assert layer.scale[0] > 3.7  # 1 / float32(1 / 3.7)
+    assert DynOPool2d(layer.scale, max_scale=3.7).scale == pytest.approx(layer.scale)
