@@ -71,7 +71,7 @@ def _format_sizes(sizes: dict[str, tuple[int, int]]) -> str:
 def run_demo(
     epochs: int = 15,
     image_size: int = 32,
-    gmacs_lambda: float = 2.0,
+    gmacs_lambda: float = 0.3,
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(commands, "demo", _demo, "train a DynOPool CNN on the bundled digits and report")
     demo.add_argument("--epochs", type=_positive_int, default=15)
     demo.add_argument("--image-size", type=_positive_int, default=32)
-    demo.add_argument("--gmacs-lambda", type=float, default=2.0, help="lambda of eq. 4.8 (loss per GMAC)")
+    demo.add_argument("--gmacs-lambda", type=float, default=0.3,
+                      help="lambda of eq. 4.8, relative to the initial GMACs (loss the whole initial cost is worth)")
     demo.add_argument("--batch-size", type=_positive_int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -218,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--lr", type=float, default=0.01, help="learning rate of the weights (Adam)")
     search.add_argument("--alpha-lr", type=float, default=0.01, help="learning rate of the DynOPool scales")
     constraint = search.add_mutually_exclusive_group()
-    constraint.add_argument("--gmacs-lambda", type=float, help="lambda of eq. 4.8 (loss per GMAC)")
+    constraint.add_argument("--gmacs-lambda", type=float,
+                            help="lambda of eq. 4.8, relative to the initial GMACs (loss the initial cost is worth)")
     constraint.add_argument("--gmacs-budget", type=float, help="target GMACs per image")
     search.add_argument("--max-train-images", type=_positive_int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=0)

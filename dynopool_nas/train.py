@@ -61,6 +61,7 @@ class _DynOPoolTraining(pl.LightningModule):
         scale_step: ScaleStep,
         weight_decay: float,
         gmacs_lambda: float,
+        relative_lambda: bool,
         on_epoch: Callable[[EpochResult], Any] | None,
         after_step: Callable[[], Any] | None,
     ) -> None:
@@ -69,9 +70,12 @@ class _DynOPoolTraining(pl.LightningModule):
         self.cost = cost
         self.settings = {"epochs": epochs, "steps": steps_per_epoch, "lr": lr, "alpha_lr": alpha_lr,
                          "scale_step": scale_step, "weight_decay": weight_decay, "gmacs_lambda": gmacs_lambda}
+        # lambda per GMAC: relative to the initial cost (unit-free) or the thesis's absolute form
+        self.lambda_per_gmac = gmacs_lambda / cost.initial_gmacs if relative_lambda and gmacs_lambda else gmacs_lambda
         self.on_epoch, self.after_step = on_epoch, after_step
         self.history: list[EpochResult] = []
         self._correct = self._seen = 0
+        self._loss_sum, self._batches = 0.0, 0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -80,8 +84,12 @@ class _DynOPoolTraining(pl.LightningModule):
         images, labels = batch
         loss = F.cross_entropy(self.model(images), labels)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        lam = self.settings["gmacs_lambda"]
-        return loss + lam * self.cost() if lam else loss
+        self._loss_sum += float(loss.detach())
+        self._batches += 1
+        return loss + self.lambda_per_gmac * self.cost() if self.lambda_per_gmac else loss
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._batches = 0.0, 0
 
     def on_train_batch_end(self, *args: Any) -> None:
         if self.after_step is not None:
@@ -98,12 +106,13 @@ class _DynOPoolTraining(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        counts = self.trainer.strategy.reduce(torch.tensor([self._correct, self._seen], device=self.device,
-                                                           dtype=torch.float64), reduce_op="sum")
-        metrics = self.trainer.callback_metrics
+        # Lightning aggregates the logged train_loss only after validation: average it here
+        counts = self.trainer.strategy.reduce(
+            torch.tensor([self._correct, self._seen, self._loss_sum, self._batches], device=self.device,
+                         dtype=torch.float64), reduce_op="sum")
+        train_loss = float(counts[2] / counts[3]) if counts[3] else float("nan")
         snapshot = self.cost.snapshot()
-        result = EpochResult(self.current_epoch + 1, float(metrics.get("train_loss", float("nan"))),
-                             float(counts[0] / counts[1].clamp_min(1)), **snapshot)
+        result = EpochResult(self.current_epoch + 1, train_loss, float(counts[0] / counts[1].clamp_min(1)), **snapshot)
         self.history.append(result)
         if self.on_epoch is not None and self.trainer.is_global_zero:
             self.on_epoch(result)
@@ -131,13 +140,17 @@ def fit(
     scale_step: ScaleStep = "normalized",
     weight_decay: float = 5e-4,
     gmacs_lambda: float = 0.0,
+    relative_lambda: bool = True,
     progress: bool = True,
     on_epoch: Callable[[EpochResult], Any] | None = None,
     after_step: Callable[[], Any] | None = None,
     devices: int = 1,
     accelerator: str = "auto",
 ) -> list[EpochResult]:
-    """Train ``model`` with SGD on ``L_task + gmacs_lambda * L_GMACs`` (eq. 4.8).
+    """Train ``model`` with SGD on ``L_task + gmacs_lambda * L_GMACs / L_GMACs_0`` (eq. 4.8 with
+    lambda relative to the initial cost ``L_GMACs_0 = cost.initial_gmacs``, so that one lambda
+    means the same for every model and resolution: the loss, in nats, that the whole initial
+    cost is worth; ``relative_lambda=False`` is the thesis's absolute ``lambda * L_GMACs``).
 
     Weights and DynOPool scales share one SGD optimizer (momentum 0.9, Nesterov) with separate
     parameter groups (:func:`~dynopool_nas.param_groups`); the learning rate follows a cosine
@@ -157,7 +170,8 @@ def fit(
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     module = _DynOPoolTraining(
         model, cost, epochs=epochs, steps_per_epoch=len(train_loader), lr=lr, alpha_lr=alpha_lr,
-        scale_step=scale_step, weight_decay=weight_decay, gmacs_lambda=gmacs_lambda, on_epoch=on_epoch,
+        scale_step=scale_step, weight_decay=weight_decay, gmacs_lambda=gmacs_lambda,
+        relative_lambda=relative_lambda, on_epoch=on_epoch,
         after_step=after_step,
     )
     trainer = pl.Trainer(

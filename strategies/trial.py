@@ -33,7 +33,7 @@ from .search import make_space, save_weights, space_fields
 __all__ = ["SETTINGS", "run_trial"]
 
 SETTINGS = {
-    "gmacs_lambda": 0.0,  # lambda of eq. 4.8
+    "gmacs_lambda": 0.0,  # lambda of eq. 4.8, relative to the initial GMACs
     "gmacs_budget": None,  # GMACs per image, held by a projection of the scales after every step
     "lr": 0.05,
     "alpha_lr": 0.005,

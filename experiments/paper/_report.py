@@ -64,5 +64,6 @@ def train_small_cnn(
         cost = GMACsCost.from_model(model, (1, size, size))
     history = fit(model, DataLoader(splits.train, batch_size=64, shuffle=True, drop_last=True),
                   DataLoader(splits.val, batch_size=256), cost, epochs=epochs, alpha_lr=alpha_lr,
-                  gmacs_lambda=gmacs_lambda, progress=False)
+                  gmacs_lambda=gmacs_lambda, progress=False,
+                  relative_lambda=False, scale_step="plain")  # the recipe of the committed results
     return model, history[-1].val_accuracy, count_macs(model, (1, size, size)).gmacs, cost
