@@ -75,6 +75,7 @@ def test_the_models_compare_trains_learn_with_every_weight(searched):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow
 def test_compare_trains_every_model_per_seed_and_reports_the_spread(searched, tmp_path, capsys):
     folder, _ = searched
     assert main(["compare", str(folder), "--output", str(tmp_path), "--epochs", "1", "--image-size", "16",

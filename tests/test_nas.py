@@ -143,6 +143,7 @@ def test_an_architecture_from_another_space_is_refused():
         build_model(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), arch)
 
 
+@pytest.mark.slow
 def test_darts_over_the_efficientnet_space_searches_and_exports():
     space = EfficientNetSpace(num_classes=10, in_chans=1)
     strategy = DynOPoolDARTS(input_size=(1, 32, 32), alpha_learning_rate=0.05, constraint=GMACsConstraint(lam=1.0))

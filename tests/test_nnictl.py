@@ -11,6 +11,8 @@ import pytest
 import yaml
 from nni.experiment import Experiment
 
+pytestmark = pytest.mark.slow  # real nnictl experiments
+
 REPO = Path(__file__).resolve().parents[1]
 NNICTL = Path(sys.executable).with_name("nnictl")
 

@@ -26,6 +26,7 @@ def test_trial_refuses_parameters_that_are_neither_labels_nor_settings(tmp_path)
         run_trial({"depth9": 1}, epochs=1, image_size=12, output_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_trial_runs_data_parallel_behind_one_flag(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "trial.py"), "--devices", "2", "--accelerator", "cpu",
