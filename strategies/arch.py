@@ -3,14 +3,13 @@ scale and the feature-map sizes they give, and the model rebuilt from it.
 
 :func:`save_search` writes what ``dynopool-nas export`` and ``compare`` need from a search run in
 Python: ``arch.json``, which records the space (its class by import path and its constructor's
-arguments, :func:`space_record`), and ``weights.pt``, the derived model's weights.
+arguments, :func:`~search_spaces.registry.space_record`), and ``weights.pt``, the derived model's weights.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,13 @@ from torch import nn
 from dynopool_nas import dynopool_layers
 from dynopool_nas._utils import atomic_write, eval_mode, example_input, write_together
 from dynopool_nas.convert import PLACEMENTS
+from search_spaces.registry import space_record
 
 from .supernet import SCALE_LABEL_PREFIX, dynopool_name, name_dynopools
 
 __all__ = [
-    "SCHEMA_VERSION", "build_model", "export_architecture", "load_architecture", "rebuild_space", "save_architecture",
-    "save_search", "space_record",
+    "SCHEMA_VERSION", "build_model", "export_architecture", "load_architecture", "load_weights", "save_architecture",
+    "save_search", "save_weights",
 ]
 
 SCHEMA_VERSION = 1
@@ -108,56 +108,31 @@ def build_model(space: ModelSpace, arch: dict[str, Any]) -> nn.Module:
     return model
 
 
-def space_record(space: ModelSpace) -> dict[str, Any]:
-    """What an architecture records of ``space`` so that :func:`rebuild_space` can build it again
-    in another process: ``{"space": "module:Class", "space_kwargs": {...}}``, the arguments
-    being those NNI recorded when the space was constructed. Raises ``ValueError`` for a class
-    that cannot be imported by name or arguments that are not JSON."""
-    cls = type(space)
-    where = f"{cls.__module__}:{cls.__qualname__}"
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        raise ValueError(
-            f"the space class {where} cannot be imported by name; define it at the top level of an importable "
-            "module so that export and compare can rebuild it"
-        )
-    kwargs = dict(getattr(space, "trace_kwargs", {}))
-    if getattr(space, "trace_args", ()):
-        raise ValueError(f"{where} was built with positional arguments NNI could not name; pass them by keyword")
-    try:
-        json.dumps(kwargs)
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"{where} was built with arguments that JSON cannot hold ({error}); export and compare rebuild a space "
-            "from numbers, strings, lists and dicts only"
-        ) from None
-    return {"space": where, "space_kwargs": kwargs}
+def save_weights(model: nn.Module, path: Path) -> Path:
+    """``model``'s state dict, written atomically (loadable with ``weights_only=True``)."""
+    return atomic_write(path, lambda temporary: torch.save(model.state_dict(), temporary))
 
 
-def rebuild_space(arch: dict[str, Any], **overrides: Any) -> ModelSpace:
-    """The space an architecture's :func:`space_record` names, built with its recorded
-    arguments; ``overrides`` replace those of them the class's constructor takes (e.g. the
-    data set's ``num_classes`` and ``in_chans``)."""
-    module_name, _, qualname = arch["space"].partition(":")
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict written by :func:`save_weights`, loaded with ``weights_only=True`` onto the
+    CPU; a missing, empty, truncated or foreign file is an error that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights file there; point at the folder of a search, a trial or an export")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(
-            f"cannot import the space {arch['space']!r} the architecture was saved from ({error}); run from where "
-            "that module is importable (install its package or add its folder to PYTHONPATH)"
-        ) from None
-    if not (isinstance(target, type) and issubclass(target, ModelSpace)):
-        raise ValueError(f"{arch['space']!r} is not an NNI ModelSpace class")
-    accepted = inspect.signature(getattr(target, "_init_wrapped", target.__init__)).parameters
-    kwargs = dict(arch.get("space_kwargs", {})) | {k: v for k, v in overrides.items() if k in accepted}
-    return target(**kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load's errors name neither the file nor the cause
+        reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable weights file ({reason[:120]}): it is empty, truncated or not "
+                         "written by dynopool-nas; run the search or trial that made it again") from None
 
 
 def save_search(strategy: Any, folder: str | Path) -> dict[str, Any]:
     """Save a finished :class:`~strategies.DynOPoolDARTS` (or GumbelDARTS) search for
     ``dynopool-nas export`` and ``compare``: ``folder/arch.json`` (:func:`export_architecture`
-    with the space's :func:`space_record` and ``num_classes``) and ``folder/weights.pt``, the
+    with the space's :func:`~search_spaces.registry.space_record` and ``num_classes``) and ``folder/weights.pt``, the
     state dict of the derived model (:func:`build_model` of the trained supernet). Returns the
     architecture."""
     space = strategy.supernet

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from dynopool_nas.cli import main, run_demo
+from commands.cli import main
+from dynopool_nas.cli import run_demo
 
 
 def test_demo_trains_and_reports_accuracy_gmacs_and_sizes(capsys):
@@ -33,7 +34,7 @@ def test_macs_command_prices_both_placements(capsys):
 
 def test_console_entry_point_runs_the_demo():
     done = subprocess.run(
-        [sys.executable, "-m", "dynopool_nas.cli", "demo", "--epochs", "1", "--image-size", "12", "--no-progress"],
+        [sys.executable, "-m", "commands.cli", "demo", "--epochs", "1", "--image-size", "12", "--no-progress"],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -41,7 +42,7 @@ def test_console_entry_point_runs_the_demo():
 
 
 def test_bad_command_line_is_refused():
-    done = subprocess.run([sys.executable, "-m", "dynopool_nas.cli", "macs", "no_such_model"],
+    done = subprocess.run([sys.executable, "-m", "commands.cli", "macs", "no_such_model"],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "invalid choice" in done.stderr
 
@@ -55,8 +56,9 @@ def _status(arguments: list[str], capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-def test_help_imports_neither_torch_nor_nni():
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "dynopool_nas.cli", "--help"],
+@pytest.mark.parametrize("module", ["commands.cli", "dynopool_nas.cli"])
+def test_help_imports_neither_torch_nor_nni(module):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and "COMMAND" in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
@@ -112,7 +114,7 @@ def test_image_size_smallest_that_works_is_named():
 
 
 def test_failure_from_the_entry_point_is_one_line():
-    done = subprocess.run([sys.executable, "-m", "dynopool_nas.cli", "macs", "small_cnn", "--image-size", "4"],
+    done = subprocess.run([sys.executable, "-m", "commands.cli", "macs", "small_cnn", "--image-size", "4"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from nni.experiment.config import ExperimentConfig
 
-from strategies.search import make_space
-from strategies.trial import SETTINGS
+from commands.trial import SETTINGS
+from search_spaces.registry import make_space
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIGS = sorted(EXPERIMENTS.glob("*.yml"))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from strategies.quick import QUICK_CONFIG, run_quick, trial_command
+from commands.quick import QUICK_CONFIG, run_quick, trial_command
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,11 @@ import sys
 import pytest
 import torch
 
+from commands.cli import main
+from commands.search import run_search
 from dynopool_nas._checks import UsageError
-from dynopool_nas.cli import main
-from strategies.arch import build_model, load_architecture
-from strategies.search import load_weights, make_space, run_search, save_weights
+from search_spaces.registry import make_space
+from strategies.arch import build_model, load_architecture, load_weights, save_weights
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +84,7 @@ def test_weights_round_trip(tmp_path):
 
 def test_one_shot_search_prints_only_what_it_found(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "dynopool_nas.cli", "search", "--space", "small_cnn", "--epochs", "1", "--image-size",
+        [sys.executable, "-m", "commands.cli", "search", "--space", "small_cnn", "--epochs", "1", "--image-size",
          "12", "--max-train-images", "64", "--batch-size", "32", "--output", str(tmp_path)],
         capture_output=True, text=True, timeout=600, check=False,
     )

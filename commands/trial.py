@@ -24,11 +24,10 @@ from dynopool_nas._quiet import quiet
 from dynopool_nas._utils import write_together
 from dynopool_nas.convert import Placement
 from dynopool_nas.train import EpochResult, fit
-
-from .arch import SCHEMA_VERSION, save_architecture
-from .constraint import GMACsConstraint
-from .report import trial_metrics
-from .search import make_space, save_weights, space_fields
+from search_spaces.registry import make_space, space_fields
+from strategies.arch import SCHEMA_VERSION, save_architecture, save_weights
+from strategies.constraint import GMACsConstraint
+from strategies.report import trial_metrics
 
 __all__ = ["SETTINGS", "run_trial"]
 

@@ -22,10 +22,10 @@ from dynopool_nas._checks import train_subset
 from dynopool_nas._utils import atomic_folder
 from dynopool_nas.train import fit
 from dynopool_nas.viz import plot_tradeoff
+from search_spaces.registry import space_of
+from strategies.arch import build_model, load_architecture
 
-from .arch import build_model, load_architecture
-from .search import space_of
-from .standalone import RESULT, load_result
+from .export import RESULT, load_result
 
 __all__ = ["BASELINES", "candidate_models", "cpu_latency", "is_at_chance", "run_compare"]
 
