@@ -1,7 +1,7 @@
 """dynopool-nas: DynOPool (Dynamically Optimized Pooling) as a learnable resizing layer.
 
 This package is plain PyTorch; the NNI integration lives in ``search_spaces`` and
-``strategies``.
+``strategies``, and the command line in ``commands``.
 """
 
 import importlib
@@ -13,7 +13,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "convert": ("dynopool_layers", "dynopoolify", "param_groups"),
     "cost": ("GMACsCost", "MACsReport", "count_macs"),
     "data": ("DATASETS", "DataSplits", "DigitsDataset", "load_dataset"),
-    "export": ("FixedDynOPool2d", "freeze_dynopools"),
+    "freeze": ("FixedDynOPool2d", "freeze_dynopools"),
     "layer": ("DynOPool2d",),
     "models": ("create_model",),
     "ops": ("dynopool2d", "ste_output_size"),

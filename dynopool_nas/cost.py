@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import eval_mode, example_input
-from .export import FixedDynOPool2d
+from .freeze import FixedDynOPool2d
 from .layer import DynOPool2d
 
 with warnings.catch_warnings():
