@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,7 +59,7 @@ from ._utils import eval_mode
 from .layer import DynOPool2d, ScaleLike
 from .optim import SCALE_STEP_KEY, SCALE_STEPS, ScaleStep
 
-__all__ = ["PLACEMENTS", "Placement", "dynopool_layers", "dynopoolify", "param_groups"]
+__all__ = ["PLACEMENTS", "Placement", "dynopool_layers", "dynopoolify", "param_groups", "replace_dynopools"]
 
 Placement = Literal["after", "before"]
 PLACEMENTS: tuple[str, ...] = ("after", "before")
@@ -538,6 +538,20 @@ def dynopool_layers(model: nn.Module) -> Iterator[tuple[str, DynOPool2d]]:
     for name, module in model.named_modules():
         if isinstance(module, DynOPool2d):
             yield name, module
+
+
+def replace_dynopools(model: nn.Module, replacement: Callable[[DynOPool2d], nn.Module]) -> int:
+    """Put ``replacement(layer)`` in place of every DynOPool2d of ``model`` (in place), one
+    replacement per layer, so that a shared layer's replacement is shared; return how many
+    layers were replaced."""
+    replacements: dict[int, nn.Module] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DynOPool2d):
+                if id(child) not in replacements:
+                    replacements[id(child)] = replacement(child)
+                setattr(parent, name, replacements[id(child)])
+    return len(replacements)
 
 
 def dynopoolify(

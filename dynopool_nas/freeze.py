@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import eval_mode, example_input
-from .layer import DynOPool2d
+from .convert import replace_dynopools
 from .ops import AGGREGATIONS, Aggregation, pool_queries, query_coordinates
 
 __all__ = ["FixedDynOPool2d", "freeze_dynopools"]
@@ -46,13 +46,6 @@ def freeze_dynopools(model: nn.Module, input_size: tuple[int, int, int], *, inpl
     model = model if inplace else copy.deepcopy(model)
     with eval_mode(model):
         model(example_input(model, input_size))
-    frozen: dict[int, FixedDynOPool2d] = {}
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, DynOPool2d):
-                if id(child) not in frozen:
-                    frozen[id(child)] = FixedDynOPool2d(child.output_size, child.aggregation)
-                setattr(parent, name, frozen[id(child)])
-    if not frozen:
+    if not replace_dynopools(model, lambda layer: FixedDynOPool2d(layer.output_size, layer.aggregation)):
         raise ValueError(f"freeze_dynopools: {type(model).__name__} has no DynOPool2d to freeze")
     return model

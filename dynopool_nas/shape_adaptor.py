@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert import dynopool_layers, dynopoolify
+from .convert import dynopool_layers, dynopoolify, replace_dynopools
 from .layer import DynOPool2d
 
 __all__ = ["ShapeAdaptor2d", "shape_adaptify"]
@@ -75,15 +75,12 @@ def shape_adaptify(model: nn.Module, initial_ratio: float = 0.55) -> nn.Module:
     branches), with a :class:`ShapeAdaptor2d` wherever a DynOPool would go. Each adaptor's ``r1``
     is the human model's ratio; where that is below 0.5 (ResNet's stem, 0.25) it is kept."""
     converted = dynopoolify(model)
-    adaptors: dict[int, ShapeAdaptor2d] = {}
-    for parent in list(converted.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, DynOPool2d):
-                if id(child) not in adaptors:
-                    r1 = min(child.scale)
-                    start = max(initial_ratio, r1 + 0.05)
-                    adaptors[id(child)] = ShapeAdaptor2d(r1, start, child.aggregation, child.name)
-                setattr(parent, child_name, adaptors[id(child)])
+
+    def adaptor(layer: DynOPool2d) -> ShapeAdaptor2d:
+        r1 = min(layer.scale)
+        return ShapeAdaptor2d(r1, max(initial_ratio, r1 + 0.05), layer.aggregation, layer.name)
+
+    replace_dynopools(converted, adaptor)
     if any(True for _ in dynopool_layers(converted)):
         raise RuntimeError("shape_adaptify left a DynOPool2d in place")
     return converted
