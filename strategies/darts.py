@@ -26,6 +26,7 @@ from nni.nas.strategy import DARTS, GumbelDARTS
 from torch import nn
 
 from dynopool_nas.cost import GMACsCost
+from dynopool_nas.train import evaluate
 
 from .constraint import GMACsConstraint, derived_parameter_count, supernet_cost
 from .report import trial_metrics
@@ -75,24 +76,12 @@ class _DynOPoolSearchModule:
         return super().on_fit_start()
 
     @torch.no_grad()
-    def _validation_top1(self) -> float:
-        model = self.model
-        was_training = model.training
-        model.eval()
-        correct = total = 0
-        for images, labels in self.val_loader:
-            images, labels = images.to(self.device), labels.to(self.device)
-            correct += (model(images).argmax(dim=1) == labels).sum().item()
-            total += labels.numel()
-        model.train(was_training)
-        return correct / max(total, 1)
-
     def metrics(self) -> dict[str, Any]:
         """What is reported to NNI: validation top-1 as ``'default'`` and the derived cost."""
         assert self.cost is not None
         with torch.no_grad():
             result = trial_metrics(
-                self._validation_top1(), float(self.cost(hard=True)),
+                evaluate(self.model, self.val_loader), float(self.cost(hard=True)),
                 derived_parameter_count(self.model, self.cost.gates), self.cost.feature_map_sizes(),
             )
             result["expected_gmacs"] = float(self.cost())
