@@ -1,5 +1,5 @@
 """The command line of the plain-PyTorch package, ``demo`` and ``macs``, and the parser that
-:mod:`commands.cli` (the ``dynopool-nas`` entry point) extends with the NNI commands.
+:mod:`strategies.commands.cli` (the ``dynopool-nas`` entry point) extends with the NNI commands.
 
 Building the parser imports neither torch nor NNI: each command imports what it needs when it
 runs, so ``dynopool-nas --help`` answers at once. Output folders are checked while the command

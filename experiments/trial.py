@@ -1,6 +1,6 @@
 """Trial program of the nnictl experiments in this folder: reads the tuner's parameters, trains
 the chosen architecture with DynOPool learning its scales, reports to NNI
-(see :mod:`commands.trial`)."""
+(see :mod:`strategies.commands.trial`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 
 import nni
 
-from commands.trial import run_trial
 from dynopool_nas import DATASETS
 from dynopool_nas.convert import PLACEMENTS
 from search_spaces.registry import SPACES
+from strategies.commands.trial import run_trial
 
 
 def main() -> int:

@@ -11,6 +11,10 @@
 
 from __future__ import annotations
 
+from . import _nni  # noqa: F401  (NNI without its harmless import-time warnings)
+
+# isort: split
+
 import functools
 from typing import Any
 

@@ -8,6 +8,10 @@ arguments, :func:`~search_spaces.registry.space_record`), and ``weights.pt``, th
 
 from __future__ import annotations
 
+from . import _nni, _nni_compat  # noqa: F401  (NNI quietly, then this package's changes to it)
+
+# isort: split
+
 import json
 import warnings
 from pathlib import Path

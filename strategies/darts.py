@@ -17,6 +17,10 @@ Differences from NNI's strategies of the same name:
 
 from __future__ import annotations
 
+from . import _nni, _nni_compat  # noqa: F401  (NNI quietly, then this package's changes to it)
+
+# isort: split
+
 from typing import Any
 
 import nni

@@ -12,6 +12,10 @@ models: the ``name`` it was given, or else its module path in the space (:func:`
 
 from __future__ import annotations
 
+from . import _nni  # noqa: F401  (NNI without its harmless import-time warnings)
+
+# isort: split
+
 import inspect
 from typing import Any
 

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from commands.cli import main
 from dynopool_nas.cli import run_demo
+from strategies.commands.cli import main
 
 
 def test_demo_trains_and_reports_accuracy_gmacs_and_sizes(capsys):
@@ -34,7 +34,8 @@ def test_macs_command_prices_both_placements(capsys):
 
 def test_console_entry_point_runs_the_demo():
     done = subprocess.run(
-        [sys.executable, "-m", "commands.cli", "demo", "--epochs", "1", "--image-size", "12", "--no-progress"],
+        [sys.executable, "-m", "strategies.commands.cli", "demo", "--epochs", "1", "--image-size", "12",
+         "--no-progress"],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -42,7 +43,7 @@ def test_console_entry_point_runs_the_demo():
 
 
 def test_bad_command_line_is_refused():
-    done = subprocess.run([sys.executable, "-m", "commands.cli", "macs", "no_such_model"],
+    done = subprocess.run([sys.executable, "-m", "strategies.commands.cli", "macs", "no_such_model"],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "invalid choice" in done.stderr
 
@@ -56,14 +57,16 @@ def _status(arguments: list[str], capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["commands.cli", "dynopool_nas.cli"])
+@pytest.mark.parametrize("module", ["strategies.commands.cli", "dynopool_nas.cli"])
 def test_help_imports_neither_torch_nor_nni(module):
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and "COMMAND" in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "dynopool_nas._checks" in imported  # the package was imported, and the CLI ran
-    assert not {name.split(".")[0] for name in imported} & {"torch", "nni", "pytorch_lightning", "strategies"}
+    assert not {name.split(".")[0] for name in imported} & {"torch", "nni", "pytorch_lightning"}
+    assert {name for name in imported if name.startswith("strategies")} <= {"strategies", "strategies.commands",
+                                                                              "strategies.commands.cli"}
 
 
 @pytest.mark.parametrize(
@@ -114,7 +117,7 @@ def test_image_size_smallest_that_works_is_named():
 
 
 def test_failure_from_the_entry_point_is_one_line():
-    done = subprocess.run([sys.executable, "-m", "commands.cli", "macs", "small_cnn", "--image-size", "4"],
+    done = subprocess.run([sys.executable, "-m", "strategies.commands.cli", "macs", "small_cnn", "--image-size", "4"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

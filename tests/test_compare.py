@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from commands.cli import main
-from commands.compare import candidate_models, is_at_chance, run_compare
-from commands.search import run_search
-from commands.trial import run_trial
 from dynopool_nas import count_macs, dynopool_layers, freeze_dynopools, load_dataset
 from search_spaces.registry import space_of
 from strategies.arch import build_model, load_architecture
+from strategies.commands.cli import main
+from strategies.commands.compare import candidate_models, is_at_chance, run_compare
+from strategies.commands.search import run_search
+from strategies.commands.trial import run_trial
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from nni.experiment.config import ExperimentConfig
 
-from commands.trial import SETTINGS
 from search_spaces.registry import make_space
+from strategies.commands.trial import SETTINGS
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIGS = sorted(EXPERIMENTS.glob("*.yml"))

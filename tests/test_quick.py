@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from commands.quick import QUICK_CONFIG, run_quick, trial_command
+from strategies.commands.quick import QUICK_CONFIG, run_quick, trial_command
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from commands.cli import main
-from commands.search import run_search
 from dynopool_nas._checks import UsageError
 from search_spaces.registry import make_space
 from strategies.arch import build_model, load_architecture, load_weights, save_weights
+from strategies.commands.cli import main
+from strategies.commands.search import run_search
 
 
 @pytest.fixture(autouse=True)
@@ -84,8 +84,8 @@ def test_weights_round_trip(tmp_path):
 
 def test_one_shot_search_prints_only_what_it_found(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "commands.cli", "search", "--space", "small_cnn", "--epochs", "1", "--image-size",
-         "12", "--max-train-images", "64", "--batch-size", "32", "--output", str(tmp_path)],
+        [sys.executable, "-m", "strategies.commands.cli", "search", "--space", "small_cnn", "--epochs", "1",
+         "--image-size", "12", "--max-train-images", "64", "--batch-size", "32", "--output", str(tmp_path)],
         capture_output=True, text=True, timeout=600, check=False,
     )
     output = done.stdout + done.stderr

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from commands.trial import run_trial
 from strategies.arch import load_architecture
+from strategies.commands.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,11 @@ from nni.nas.strategy import DARTS, ENAS, Proxyless, RandomOneShot
 from torch.utils.data import DataLoader, Subset
 from user_space import UserSpace
 
-from commands.export import standalone_model
 from dynopool_nas import DigitsDataset, DynOPool2d, dynopool_layers
 from search_spaces.registry import space_of, space_record
 from strategies import DynOPoolDARTS
 from strategies.arch import build_model, export_architecture, save_search
+from strategies.commands.export import standalone_model
 
 SIZE = 12
 

@@ -10,6 +10,10 @@ folder (``NNI_OUTPUT_DIR``), for ``dynopool-nas export``.
 
 from __future__ import annotations
 
+from strategies import _nni  # noqa: F401  (first: NNI without its harmless import-time warnings)
+
+# isort: split
+
 import os
 from pathlib import Path
 from typing import Any

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from strategies import _nni  # noqa: F401  (first: NNI without its harmless import-time warnings)
+
+# isort: split
+
 import os
 import shlex
 import shutil
@@ -21,7 +25,7 @@ from dynopool_nas._utils import CHECKSUMS, atomic_write
 
 __all__ = ["QUICK_CONFIG", "results_table", "run_quick", "trial_command"]
 
-QUICK_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "quick.yml"
+QUICK_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "quick.yml"
 """The quick experiment's config in a source checkout (a wheel does not carry ``experiments/``)."""
 
 _FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")

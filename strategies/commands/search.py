@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from strategies import _nni  # noqa: F401  (first: NNI without its harmless import-time warnings)
+
+# isort: split
+
 import contextlib
 from pathlib import Path
 from typing import Any
