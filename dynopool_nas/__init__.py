@@ -4,8 +4,7 @@ This package is plain PyTorch; the NNI integration lives in ``search_spaces`` an
 ``strategies``, and the command line in ``commands``.
 """
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 # Exports by module, imported on first use (PEP 562), so that ``dynopool-nas --help`` and
 # ``import dynopool_nas._checks`` do not import torch.
@@ -20,20 +19,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "optim": ("project_scales_",),
     "shape_adaptor": ("ShapeAdaptor2d", "shape_adaptify"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __version__ = "0.1.0"

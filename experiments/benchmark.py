@@ -65,7 +65,7 @@ def interleaved(baseline: Callable[[], object], candidate: Callable[[], object],
 def _forward_backward(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         x.grad = None
-        op(x).sum().backward()
+        op(x).float().sum().backward()  # float(): a half-precision output sums in float32
 
     return step
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchmark import PLACEMENTS, STEP_TARGETS, _family, _training_step, interleaved
+from benchmark import PLACEMENTS, STEP_TARGETS, _family, _forward, _forward_backward, _training_step, interleaved
 
 from dynopool_nas import DynOPool2d, _extension, _triton, create_model, dynopool_layers, dynopoolify, ops
 from dynopool_nas._utils import atomic_write
@@ -189,22 +189,6 @@ def _baseline(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if 2 * size[0] == x.shape[-2] and 2 * size[1] == x.shape[-1]:
         return F.max_pool2d(x, 2)
     return F.adaptive_max_pool2d(x, size)
-
-
-def _forward_backward(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
-    def step() -> None:
-        x.grad = None
-        op(x).float().sum().backward()
-
-    return step
-
-
-def _forward(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
-    def step() -> None:
-        with torch.no_grad():
-            op(x)
-
-    return step
 
 
 def _compare(baseline: Callable, candidate: Callable, precision: torch.dtype | None, path: str,
