@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,13 @@ def standalone_model(arch: dict[str, Any], weights: str | Path) -> nn.Module:
     return freeze_dynopools(model, input_size).eval()
 
 
+# torch.onnx.export keeps its state in module globals (and warnings filters are process-wide):
+# exports from several threads of one process take turns
+_ONNX_EXPORT = threading.Lock()
+
+
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    with warnings.catch_warnings():
+    with _ONNX_EXPORT, warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
