@@ -75,30 +75,33 @@ def run_demo(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    dataset: str = "digits",
+    data_dir: str | None = None,
 ) -> list[EpochResult]:
-    """Convert a small CNN with DynOPool and train it on the bundled digits (CPU, ~1 minute)."""
+    """Convert a small CNN with DynOPool and train it on ``dataset`` (the bundled digits by default,
+    CPU, ~15 s; any name of :data:`~dynopool_nas.data.DATASETS`, e.g. ``fashion-mnist``)."""
     import torch
     from torch.utils.data import DataLoader
 
     from ._checks import check_image_size, train_subset
     from .convert import dynopool_layers, dynopoolify
     from .cost import GMACsCost, count_macs
-    from .data import DigitsDataset
+    from .data import load_dataset
     from .models import small_cnn
     from .train import fit
 
     torch.manual_seed(seed)
-    train_set = DigitsDataset("train", image_size=image_size)
-    val_set = DigitsDataset("val", image_size=image_size)
+    splits = load_dataset(dataset, image_size=image_size, root=data_dir, seed=seed)
+    train_set, val_set = splits.train, splits.val
     train_loader = DataLoader(train_subset(train_set, None, batch_size), batch_size=batch_size, shuffle=True,
                               drop_last=True)
     val_loader = DataLoader(val_set, batch_size=256)
-    input_size = (DigitsDataset.in_chans, image_size, image_size)
-    human = small_cnn(num_classes=DigitsDataset.num_classes, in_chans=DigitsDataset.in_chans)
+    input_size = (splits.in_chans, image_size, image_size)
+    human = small_cnn(num_classes=splits.num_classes, in_chans=splits.in_chans)
     check_image_size(human, input_size)
     model = dynopoolify(human)
     cost = GMACsCost.from_model(model, input_size)
-    print(f"DynOPool demo: small CNN on scikit-learn digits at {image_size}x{image_size}, "
+    print(f"DynOPool demo: small CNN on {dataset} at {image_size}x{image_size}, "
           f"{len(train_set)} train / {len(val_set)} val images, lambda={gmacs_lambda}")
     print(f"human model: {count_macs(human, input_size).gmacs * 1e3:.3f} MMACs, "
           f"pool sizes {format_sizes(cost.feature_map_sizes())}")
@@ -119,7 +122,8 @@ def run_demo(
 
 
 def _demo(args: argparse.Namespace) -> None:
-    run_demo(args.epochs, args.image_size, args.gmacs_lambda, args.batch_size, args.seed, not args.no_progress)
+    run_demo(args.epochs, args.image_size, args.gmacs_lambda, args.batch_size, args.seed, not args.no_progress,
+             dataset=args.dataset, data_dir=args.data_dir)
 
 
 def _macs(args: argparse.Namespace) -> None:
@@ -157,6 +161,8 @@ def build_parser(*extensions: Callable[[Any], None]) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = add_command(commands, "demo", _demo, "train a DynOPool CNN on the bundled digits and report")
     demo.add_argument("--epochs", type=positive_int, default=15)
+    demo.add_argument("--dataset", default="digits", choices=DATASETS, metavar="DATASET", help="%(choices)s")
+    demo.add_argument("--data-dir", help="folder of a data set that is not bundled (e.g. fashion-mnist's idx files)")
     demo.add_argument("--image-size", type=positive_int, default=32)
     demo.add_argument("--gmacs-lambda", type=float, default=0.3,
                       help="lambda of eq. 4.8, relative to the initial GMACs (loss the whole initial cost is worth)")

@@ -140,3 +140,16 @@ def test_a_pooling_window_larger_than_the_map_is_blamed_on_the_image_size():
     assert status == 2 and message.startswith("--image-size 4 is too small for the model (")
     message, status = _failure(RuntimeError("CUDA error"), argparse.Namespace(image_size=4))
     assert status == 1 and message == "RuntimeError: CUDA error (--debug shows the traceback)"
+
+
+def test_demo_trains_on_the_data_set_it_is_given(capsys):
+    assert main(["demo", "--dataset", "digits-stretched", "--epochs", "1", "--image-size", "16", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "small CNN on digits-stretched at 16x16" in out and "final: val top-1" in out
+
+
+def test_demo_without_the_fashion_mnist_files_says_where_to_get_them(tmp_path, capsys):
+    status = main(["demo", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "dataset-fashion-mnist" in err and "--download" in err
