@@ -80,6 +80,13 @@ def _tap(coords_ptr, index, mask, size):
 
 
 @_jit
+def _share(lower, upper, weight, pixel):
+    """How much of a query sampled from taps ``lower``/``upper`` (the upper's ``weight``) comes
+    from ``pixel`` on that axis (0 where the query does not read it)."""
+    return tl.where(lower == pixel, 1 - weight, 0.0) + tl.where(upper == pixel, weight, 0.0)
+
+
+@_jit
 def _query(plane, row_tap, col_tap, row_stride, col_stride, mask, ACC: tl.constexpr):
     """A query point: its four pixels weighted as ``grid_sample`` weights them, ``(1 - w) a + w b``
     (an infinite pixel with a positive weight stays infinite; a pixel inside the input with weight
@@ -305,13 +312,13 @@ def _max_backward_input_kernel(
         row_ok = mask & (qrow < row_end)
         row_lower, row_upper, row_weight = _tap(rows_ptr, qrow, row_ok, height)
         row_weight = row_weight.to(ACC)
-        row_share = tl.where(row_lower == i, 1 - row_weight, 0.0) + tl.where(row_upper == i, row_weight, 0.0)
+        row_share = _share(row_lower, row_upper, row_weight, i)
         for s in range(0, tl.max(col_end - col_first, axis=0)):
             qcol = col_first + s
             ok = row_ok & (qcol < col_end)
             col_lower, col_upper, col_weight = _tap(cols_ptr, qcol, ok, width)
             col_weight = col_weight.to(ACC)
-            col_share = tl.where(col_lower == j, 1 - col_weight, 0.0) + tl.where(col_upper == j, col_weight, 0.0)
+            col_share = _share(col_lower, col_upper, col_weight, j)
             g = tl.load(g_plane + (qrow // 2) * g_sh + (qcol // 2) * g_sw, mask=ok, other=0).to(ACC)
             code = tl.load(code_plane + (qrow // 2) * k_sh + (qcol // 2) * k_sw, mask=ok, other=0).to(tl.int32)
             result += tl.where(ok & (code == 2 * (qrow % 2) + qcol % 2), g * row_share * col_share, 0.0)
