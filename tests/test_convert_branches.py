@@ -3,6 +3,7 @@ converted model must keep training while its scales move, or the conversion must
 
 import warnings
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -236,10 +237,11 @@ def test_unpadded_strided_conv_runs_at_stride_one_with_the_human_outputs_inside(
 # -- NNI's own spaces ----------------------------------------------------------------------------
 
 
-def _random_sample(space):
-    sample = {}
+def _random_sample(space, seed=0):
+    """One architecture of ``space``, the same every run (NNI samples with numpy's RandomState)."""
+    sample, random_state = {}, np.random.RandomState(seed)
     for mutable in space.simplify().values():
-        mutable.random(memo=sample)
+        mutable.random(memo=sample, random_state=random_state)
     return sample
 
 
