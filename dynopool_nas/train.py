@@ -3,6 +3,7 @@ Lightning, so that one flag (``devices``) turns a run into a multi-GPU DDP run."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,7 @@ class _DynOPoolTraining(pl.LightningModule):
         weight_decay: float,
         gmacs_lambda: float,
         relative_lambda: bool,
+        scale_warmup_epochs: int,
         on_epoch: Callable[[EpochResult], Any] | None,
         after_step: Callable[[], Any] | None,
     ) -> None:
@@ -69,7 +71,8 @@ class _DynOPoolTraining(pl.LightningModule):
         self.model = model
         self.cost = cost
         self.settings = {"epochs": epochs, "steps": steps_per_epoch, "lr": lr, "alpha_lr": alpha_lr,
-                         "scale_step": scale_step, "weight_decay": weight_decay, "gmacs_lambda": gmacs_lambda}
+                         "scale_step": scale_step, "weight_decay": weight_decay, "gmacs_lambda": gmacs_lambda,
+                         "scale_warmup_epochs": scale_warmup_epochs}
         # lambda per GMAC: relative to the initial cost (unit-free) or the thesis's absolute form
         self.lambda_per_gmac = gmacs_lambda / cost.initial_gmacs if relative_lambda and gmacs_lambda else gmacs_lambda
         self.on_epoch, self.after_step = on_epoch, after_step
@@ -124,7 +127,15 @@ class _DynOPoolTraining(pl.LightningModule):
                          scale_step=s["scale_step"]),
             momentum=0.9, nesterov=True,
         )
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s["epochs"] * s["steps"], 1))
+        total, warmup = max(s["epochs"] * s["steps"], 1), s["scale_warmup_epochs"] * s["steps"]
+
+        def cosine(step: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+        def scales(step: int) -> float:  # the scales hold still while the weights warm up
+            return cosine(step) if step >= warmup else 0.0
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, scales])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -141,6 +152,7 @@ def fit(
     weight_decay: float = 5e-4,
     gmacs_lambda: float = 0.0,
     relative_lambda: bool = True,
+    scale_warmup_epochs: int = 0,
     progress: bool = True,
     on_epoch: Callable[[EpochResult], Any] | None = None,
     after_step: Callable[[], Any] | None = None,
@@ -160,6 +172,8 @@ def fit(
     of itself per step), ``"plain"`` is the thesis's gradient step. After every step the scales
     are projected into their range (:meth:`~dynopool_nas.DynOPool2d.project_`): a scale that
     runs away stops at its bound with a warning instead of ending the run.
+    ``scale_warmup_epochs`` holds the scales still (learning rate 0) for that many first epochs
+    while the weights train, then lets them follow the same cosine schedule.
     ``on_epoch`` receives each epoch's :class:`EpochResult` (on the first process only);
     ``after_step`` runs after every optimizer step (a GMACs budget's projection, for instance).
     ``devices > 1`` trains data-parallel (Lightning DDP, one process per device); the script
@@ -168,10 +182,13 @@ def fit(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if not 0 <= scale_warmup_epochs < epochs:
+        raise ValueError(f"scale_warmup_epochs must be in [0, epochs={epochs}), got {scale_warmup_epochs}: "
+                         "the scales would never move")
     module = _DynOPoolTraining(
         model, cost, epochs=epochs, steps_per_epoch=len(train_loader), lr=lr, alpha_lr=alpha_lr,
         scale_step=scale_step, weight_decay=weight_decay, gmacs_lambda=gmacs_lambda,
-        relative_lambda=relative_lambda, on_epoch=on_epoch,
+        relative_lambda=relative_lambda, scale_warmup_epochs=scale_warmup_epochs, on_epoch=on_epoch,
         after_step=after_step,
     )
     trainer = pl.Trainer(

@@ -32,7 +32,7 @@ def _training_loss(relative: bool, lam: float) -> tuple[float, float, float]:
     cost = GMACsCost.from_model(model, INPUT)
     module = _DynOPoolTraining(model, cost, epochs=1, steps_per_epoch=1, lr=0.1, alpha_lr=None,
                                scale_step="plain", weight_decay=0.0, gmacs_lambda=lam, relative_lambda=relative,
-                               on_epoch=None, after_step=None)
+                               scale_warmup_epochs=0, on_epoch=None, after_step=None)
     batch = next(iter(_loader()))
     total = float(module.training_step(batch, 0).detach())
     task = float(torch.nn.functional.cross_entropy(model(batch[0]), batch[1]))
@@ -52,3 +52,25 @@ def test_every_epoch_reports_its_own_mean_training_loss():
     losses = [result.train_loss for result in history]
     assert all(math.isfinite(loss) and loss > 0 for loss in losses)
     assert losses[0] != losses[1]
+
+
+def test_scales_hold_still_during_the_warm_up_and_move_after_it():
+    model = _converted()
+    initial = [layer.alpha.detach().clone() for layer in model.modules() if hasattr(layer, "alpha")]
+    scales_per_epoch = []
+
+    def record(_result):
+        scales_per_epoch.append([layer.alpha.detach().clone() for layer in model.modules() if hasattr(layer, "alpha")])
+
+    fit(model, _loader(), _loader(16), GMACsCost.from_model(model, INPUT), epochs=2, scale_warmup_epochs=1,
+        gmacs_lambda=1.0, alpha_lr=0.05, progress=False, on_epoch=record)
+    assert all(torch.equal(a, b) for a, b in zip(initial, scales_per_epoch[0]))
+    assert any(not torch.equal(a, b) for a, b in zip(initial, scales_per_epoch[1]))
+
+
+@pytest.mark.parametrize("warmup", [-1, 2])
+def test_a_warm_up_as_long_as_the_run_is_refused(warmup):
+    model = _converted()
+    with pytest.raises(ValueError, match="scale_warmup_epochs"):
+        fit(model, _loader(), _loader(16), GMACsCost.from_model(model, INPUT), epochs=2, scale_warmup_epochs=warmup,
+            progress=False)
