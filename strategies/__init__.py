@@ -1,10 +1,10 @@
 """NNI one-shot strategies that search DynOPool scales, and the GMACs constraint.
 
 Imports NNI on first use of an export (PEP 562), so that the command line (:mod:`strategies.commands`)
-parses without it; every module here that touches NNI imports it quietly first
-(:mod:`strategies._nni`) and applies this package's changes to NNI (:mod:`strategies._nni_compat`:
-one-shot strategies refuse DynOPools they cannot search). The layer itself lives in
-:mod:`dynopool_nas`, which does not import NNI.
+parses without it; every module here that touches NNI imports it through :mod:`search_spaces`,
+the layer below, which imports it quietly and applies the package's changes to NNI
+(:mod:`search_spaces._nni_compat`: one-shot strategies refuse DynOPools they cannot search). The
+layer itself lives in :mod:`dynopool_nas`, which does not import NNI.
 """
 
 from dynopool_nas._lazy import lazy_exports

@@ -8,7 +8,7 @@ arguments, :func:`~search_spaces.registry.space_record`), and ``weights.pt``, th
 
 from __future__ import annotations
 
-from . import _nni, _nni_compat  # noqa: F401  (NNI quietly, then this package's changes to it)
+from search_spaces import _nni, _nni_compat  # noqa: F401  (NNI quietly, then the package's changes to it)
 
 # isort: split
 

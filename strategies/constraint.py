@@ -10,7 +10,7 @@ and every spatial size from the DynOPools' straight-through sizes.
 
 from __future__ import annotations
 
-from . import _nni, _nni_compat  # noqa: F401  (NNI quietly, then this package's changes to it)
+from search_spaces import _nni, _nni_compat  # noqa: F401  (NNI quietly, then the package's changes to it)
 
 # isort: split
 

@@ -17,7 +17,7 @@ Differences from NNI's strategies of the same name:
 
 from __future__ import annotations
 
-from . import _nni, _nni_compat  # noqa: F401  (NNI quietly, then this package's changes to it)
+from search_spaces import _nni, _nni_compat  # noqa: F401  (NNI quietly, then the package's changes to it)
 
 # isort: split
 
@@ -122,7 +122,7 @@ class _DynOPoolStrategy:
     """What DynOPool adds to NNI's DARTS-family strategies."""
 
     module_class: type
-    searches_dynopool_scales = True  # see supernet.require_scale_search
+    searches_dynopool_scales = True  # see search_spaces._nni_compat.require_scale_search
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ models: the ``name`` it was given, or else its module path in the space (:func:`
 
 from __future__ import annotations
 
-from . import _nni  # noqa: F401  (NNI without its harmless import-time warnings)
+from search_spaces import _nni  # noqa: F401  (NNI without its harmless import-time warnings)
 
 # isort: split
 
@@ -25,7 +25,7 @@ from torch import nn
 from dynopool_nas import DynOPool2d
 
 __all__ = [
-    "SCALE_LABEL_PREFIX", "DynOPoolSupernet", "dynopool_name", "name_dynopools", "require_scale_search", "scale_label",
+    "SCALE_LABEL_PREFIX", "DynOPoolSupernet", "dynopool_name", "name_dynopools", "scale_label",
 ]
 
 SCALE_LABEL_PREFIX = "dynopool/"
@@ -55,23 +55,6 @@ def name_dynopools(space: nn.Module) -> nn.Module:
             )
         paths[module.name] = path
     return space
-
-
-def require_scale_search(strategy: Any, space: nn.Module) -> None:
-    """Refuse to let ``strategy`` turn ``space`` into a supernet if the space holds a DynOPool2d
-    and the strategy does not declare ``searches_dynopool_scales``: any other one-shot strategy
-    would train alpha as a weight (with weight decay) and export no scale."""
-    if getattr(strategy, "searches_dynopool_scales", False):
-        return
-    path = next((path for path, module in space.named_modules() if isinstance(module, DynOPool2d)), None)
-    if path is not None:
-        raise TypeError(
-            f"{type(strategy).__name__} cannot search DynOPool {path!r}: its scale is a continuous parameter learned "
-            "by gradient descent on the validation split, which sampling strategies (RandomOneShot, ENAS), "
-            "Proxyless's binary gates and NNI's own DARTS (weight decay on it, no GMACs gradient) do not do. Use "
-            "strategies.DynOPoolDARTS or strategies.DynOPoolGumbelDARTS, or fix the scales first with "
-            "dynopool_nas.freeze_dynopools."
-        )
 
 
 def scale_label(layer: DynOPool2d) -> str:

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -52,3 +55,20 @@ def test_cell_space_reductions_share_one_dynopool_for_both_inputs():
 def test_converted_space_keeps_the_layer_names_of_the_model():
     space = ConvertedSpace("resnet50_cifar", num_classes=10)
     assert [layer.name for _, layer in dynopool_layers(space)] == ["layer2.0.bn2.2", "layer3.0.bn2.2", "layer4.0.bn2.2"]
+
+
+def test_search_spaces_import_no_strategy_and_still_make_nni_refuse_dynopools():
+    """The layering: search_spaces is below strategies. Importing it (every module of it) applies
+    the package's NNI changes, the refusal of strategies that cannot search a scale included,
+    and imports nothing of strategies."""
+    program = (
+        "import sys, pkgutil, importlib, search_spaces\n"
+        "for module in pkgutil.iter_modules(search_spaces.__path__):\n"
+        "    importlib.import_module(f'search_spaces.{module.name}')\n"
+        "from nni.nas.oneshot.pytorch.strategy import OneShotStrategy\n"
+        "assert OneShotStrategy.mutate_model._patched_by_dynopool\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'strategies'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strategies import _nni  # noqa: F401  (first: NNI without its harmless import-time warnings)
+from search_spaces import _nni  # noqa: F401  (first: NNI quietly, with the package's changes to it)
 
 # isort: split
 

@@ -10,7 +10,7 @@ folder (``NNI_OUTPUT_DIR``), for ``dynopool-nas export``.
 
 from __future__ import annotations
 
-from strategies import _nni  # noqa: F401  (first: NNI without its harmless import-time warnings)
+from search_spaces import _nni  # noqa: F401  (first: NNI quietly, with the package's changes to it)
 
 # isort: split
 
