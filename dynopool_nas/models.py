@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import timm
 import torchvision
 from torch import nn
 
-__all__ = ["MODELS", "create_model", "mobilenetv2_cifar", "resnet50_cifar", "small_cnn", "vgg16_cifar"]
+__all__ = ["MODELS", "create_model", "mobilenetv2_cifar", "resnet50_cifar", "resnet_cifar", "small_cnn", "vgg16_cifar"]
 
 _VGG16_CIFAR = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
@@ -39,9 +40,13 @@ def _vgg(config: list[int | str], in_chans: int, num_classes: int) -> nn.Sequent
     )
 
 
-def vgg16_cifar(num_classes: int = 100, in_chans: int = 3) -> nn.Sequential:
-    """VGG-16 with batch norm for 32x32 images: four 2x2 max-pools, GAP, one FC layer."""
-    return _vgg(_VGG16_CIFAR, in_chans, num_classes)
+def vgg16_cifar(num_classes: int = 100, in_chans: int = 3, width: float = 1.0) -> nn.Sequential:
+    """VGG-16 with batch norm for 32x32 images: four 2x2 max-pools, GAP, one FC layer.
+    ``width`` multiplies every layer's channels (0.125: 8 to 64 channels, for small CPU runs)."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    config = [item if item == "M" else max(round(int(item) * width), 1) for item in _VGG16_CIFAR]
+    return _vgg(config, in_chans, num_classes)
 
 
 def small_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 16) -> nn.Sequential:
@@ -58,15 +63,41 @@ def resnet50_cifar(num_classes: int = 100, in_chans: int = 3) -> torchvision.mod
     return model
 
 
-def mobilenetv2_cifar(num_classes: int = 100, in_chans: int = 3) -> torchvision.models.MobileNetV2:
-    """torchvision MobileNetV2 for 32x32 images: stride-1 stem and second stage."""
+def mobilenetv2_cifar(num_classes: int = 100, in_chans: int = 3, width: float = 1.0) -> torchvision.models.MobileNetV2:
+    """torchvision MobileNetV2 for 32x32 images: stride-1 stem and second stage; three stride-2
+    inverted residual blocks remain. ``width`` is torchvision's ``width_mult``."""
     setting = [
         [1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]
     ]
-    model = torchvision.models.mobilenet_v2(num_classes=num_classes, inverted_residual_setting=setting)
+    model = torchvision.models.mobilenet_v2(num_classes=num_classes, inverted_residual_setting=setting,
+                                            width_mult=width)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(in_chans, stem.out_channels, 3, stride=1, padding=1, bias=False)
     return model
+
+
+def resnet_cifar(num_classes: int = 10, in_chans: int = 3, depth: int = 8, width: int = 16) -> nn.Sequential:
+    """The CIFAR ResNet of He et al. (2016): ``depth = 6n + 2`` layers in three stages of ``n``
+    torchvision BasicBlocks with ``width``, ``2*width`` and ``4*width`` channels; stages two and
+    three start with a stride-2 convolution (and a strided 1x1 shortcut), maps 32 -> 16 -> 8."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth}")
+    blocks = (depth - 2) // 6
+    layers: list[nn.Module] = [nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                               nn.ReLU(inplace=True)]
+    channels = width
+    for stage in range(3):
+        planes = width << stage
+        for index in range(blocks):
+            stride = 2 if stage and not index else 1
+            shortcut = None
+            if stride != 1 or channels != planes:
+                shortcut = nn.Sequential(nn.Conv2d(channels, planes, 1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(planes))
+            layers.append(torchvision.models.resnet.BasicBlock(channels, planes, stride, shortcut))
+            channels = planes
+    return nn.Sequential(OrderedDict(features=nn.Sequential(*layers), pool=nn.AdaptiveAvgPool2d(1),
+                                     flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes)))
 
 
 def _torchvision(name: str) -> Callable[..., nn.Module]:
@@ -89,6 +120,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
     "vgg16_cifar": vgg16_cifar,
     "resnet50_cifar": resnet50_cifar,
+    "resnet_cifar": resnet_cifar,
     "mobilenetv2_cifar": mobilenetv2_cifar,
     "vgg16": _torchvision("vgg16"),
     "vgg16_bn": _torchvision("vgg16_bn"),
@@ -99,8 +131,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """Build a human-designed model by name (see :data:`MODELS`); no weights are downloaded."""
+def create_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """Build a human-designed model by name (see :data:`MODELS`), with the builder's own options
+    (``width=0.125`` for ``vgg16_cifar``); no weights are downloaded."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](num_classes=num_classes, in_chans=in_chans)
+    return MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+

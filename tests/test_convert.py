@@ -47,7 +47,8 @@ def test_every_family_converts_and_trains_on_a_non_square_input(name, input_hw, 
 
 @pytest.mark.parametrize(
     ("name", "sizes"),
-    [("vgg16_cifar", [16, 8, 4, 2]), ("resnet50_cifar", [16, 8, 4]), ("mobilenetv2_cifar", [16, 8, 4])],
+    [("vgg16_cifar", [16, 8, 4, 2]), ("resnet50_cifar", [16, 8, 4]), ("mobilenetv2_cifar", [16, 8, 4]),
+     ("resnet_cifar", [16, 8])],
 )
 def test_cifar_models_have_table_5_1_human_feature_map_sizes(name, sizes):
     model = dynopoolify(create_model(name, num_classes=100))
@@ -107,7 +108,7 @@ def test_strided_conv_outside_a_sequential_gets_a_dynopool_after_it():
 
 
 @pytest.mark.parametrize(("name", "size"), [("resnet50", 64), ("mobilenet_v2", 64), ("efficientnet_b0", 64),
-                                            ("resnet50_cifar", 32), ("mobilenetv2_cifar", 32)])
+                                            ("resnet50_cifar", 32), ("mobilenetv2_cifar", 32), ("resnet_cifar", 32)])
 def test_placement_before_keeps_the_human_models_macs_at_the_initial_scales(name, size):
     human = create_model(name, num_classes=10)
     before, after = (dynopoolify(human, placement=placement) for placement in ("before", "after"))
@@ -151,3 +152,25 @@ def test_param_groups_put_alphas_apart_without_weight_decay():
     assert [id(p) for p in alphas["params"]] == [id(layer.alpha) for _, layer in dynopool_layers(model)]
     assert len(weights["params"]) + len(alphas["params"]) == len(list(model.parameters()))
     assert param_groups(model, lr=0.1, alpha_lr=0.003)[1]["lr"] == 0.003
+
+
+def test_width_options_scale_every_layer_and_keep_the_human_resizers():
+    narrow, full = create_model("vgg16_cifar", 10, in_chans=1, width=0.125), create_model("vgg16_cifar", 10, in_chans=1)
+    widths = [m.out_channels for m in narrow.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [max(round(m.out_channels / 8), 1) for m in full.modules() if isinstance(m, nn.Conv2d)]
+    assert widths[0] == 8 and widths[-1] == 64
+    assert len(dict(dynopool_layers(dynopoolify(narrow)))) == 4
+    with pytest.raises(ValueError, match="width"):
+        create_model("vgg16_cifar", 10, width=0)
+
+
+@pytest.mark.parametrize("depth", [8, 14])
+def test_cifar_resnet_has_its_depth_and_shares_one_dynopool_per_strided_block(depth):
+    model = create_model("resnet_cifar", 10, in_chans=1, depth=depth)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) + 1 == depth  # 3x3 convolutions plus the classifier
+    converted = dynopoolify(model)
+    assert len(dict(dynopool_layers(converted))) == 2  # the block's conv and its shortcut resize as one
+    assert converted(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="6n"):
+        create_model("resnet_cifar", 10, depth=10)
