@@ -105,17 +105,21 @@ def plot_tradeoff(
     *,
     chance: float | None = None,
     note: str | None = None,
+    full_axis: bool = True,
+    metric: str = "validation top-1",
 ) -> Path:
     """Accuracy against GMACs (thesis Figure 5.2): one marker per point (keys ``gmacs``,
     ``top1`` in [0, 1], optional ``top1_std`` drawn as an error bar, ``label`` written beside
     it); only points of the same named ``series`` (one model under several settings) are joined
     by a line, in order of GMACs. The accuracy axis runs from 0 to 100%, with ``chance`` (a
     fraction, e.g. 1/num_classes) drawn as a dashed line; ``note`` (the recipe) is written under
-    the plot."""
-    return _save(_tradeoff_figure(points, chance, note), path)
+    the plot. ``full_axis=False`` fits the accuracy axis to the points instead (differences of a
+    point or two are visible; the axis does not start at 0). ``metric`` names the accuracy."""
+    return _save(_tradeoff_figure(points, chance, note, full_axis, metric), path)
 
 
-def _tradeoff_figure(points: Sequence[Mapping[str, object]], chance: float | None, note: str | None) -> Any:
+def _tradeoff_figure(points: Sequence[Mapping[str, object]], chance: float | None, note: str | None,
+                     full_axis: bool = True, metric: str = "validation top-1") -> Any:
     """The figure :func:`plot_tradeoff` saves."""
     if not points:
         raise ValueError("plot_tradeoff needs at least one point")
@@ -136,9 +140,10 @@ def _tradeoff_figure(points: Sequence[Mapping[str, object]], chance: float | Non
                 axes.annotate(str(point["label"]), (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
     if chance is not None:
         axes.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.1%})")
-    axes.set_ylim(0, 100)
+    if full_axis:
+        axes.set_ylim(0, 100)
     axes.set_xlabel("GMACs per image")
-    axes.set_ylabel("validation top-1 (%)")
+    axes.set_ylabel(f"{metric} (%)")
     axes.grid(alpha=0.3)
     if any(series) or chance is not None:
         axes.legend(fontsize=8)
