@@ -45,11 +45,11 @@ def space_of(arch: dict[str, Any], num_classes: int, in_chans: int) -> Any:
     """The search space an exported architecture came from: a space of this package by name
     (``space`` and ``placement``), or a user's space by import path and recorded arguments
     (``space`` ``"module:Class"`` and ``space_kwargs``, written by
-    :func:`~strategies.arch.save_search`), with ``num_classes`` and ``in_chans`` where its
+    :func:`~strategies.export.save_search`), with ``num_classes`` and ``in_chans`` where its
     constructor takes them."""
     if "space" not in arch:
         raise ValueError(
-            "the architecture does not record its space; save a search with strategies.arch.save_search(strategy, "
+            "the architecture does not record its space; save a search with strategies.save_search(strategy, "
             "folder), or use the output of dynopool-nas search or of a trial"
         )
     if ":" in arch["space"]:

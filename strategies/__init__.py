@@ -1,4 +1,5 @@
-"""NNI one-shot strategies that search DynOPool scales, and the GMACs constraint.
+"""NNI one-shot strategies that search DynOPool scales, the GMACs constraint, and the export of
+the architecture a search finds (:mod:`strategies.export`).
 
 Imports NNI on first use of an export (PEP 562), so that the command line (:mod:`strategies.commands`)
 parses without it; every module here that touches NNI imports it through :mod:`search_spaces`,
@@ -12,6 +13,7 @@ from dynopool_nas._lazy import lazy_exports
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "constraint": ("GMACsConstraint", "supernet_cost", "supernet_gates"),
     "darts": ("DynOPoolDARTS", "DynOPoolGumbelDARTS"),
+    "export": ("export_architecture", "save_search"),
     "supernet": ("DynOPoolSupernet", "scale_label"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

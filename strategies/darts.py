@@ -31,10 +31,11 @@ from torch import nn
 
 from dynopool_nas.cost import GMACsCost
 from dynopool_nas.train import evaluate
+from search_spaces.arch import name_dynopools
 
 from .constraint import GMACsConstraint, derived_parameter_count, supernet_cost
 from .report import trial_metrics
-from .supernet import DynOPoolSupernet, name_dynopools
+from .supernet import DynOPoolSupernet
 
 __all__ = ["DynOPoolDARTS", "DynOPoolGumbelDARTS"]
 

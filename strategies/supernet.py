@@ -6,13 +6,14 @@ the replacement *is* a DynOPool2d (so conversion rules, the GMACs cost and expor
 whose ``alpha`` is an architecture parameter, trained by the strategy's architecture optimizer
 on the validation split instead of by the weight optimizer.
 
-Every DynOPool of a space is known by one name in reports, exported architectures and rebuilt
-models: the ``name`` it was given, or else its module path in the space (:func:`name_dynopools`).
+The replacement keeps the DynOPool's name in the space
+(:func:`~search_spaces.arch.dynopool_name`), under which its scale is exported
+(:func:`scale_label`).
 """
 
 from __future__ import annotations
 
-from search_spaces import _nni  # noqa: F401  (NNI without its harmless import-time warnings)
+from search_spaces import _nni  # noqa: F401  (first: NNI quietly, with the package's changes to it)
 
 # isort: split
 
@@ -23,38 +24,11 @@ from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from torch import nn
 
 from dynopool_nas import DynOPool2d
+from search_spaces.arch import dynopool_name
 
-__all__ = [
-    "SCALE_LABEL_PREFIX", "DynOPoolSupernet", "dynopool_name", "name_dynopools", "scale_label",
-]
+__all__ = ["SCALE_LABEL_PREFIX", "DynOPoolSupernet", "scale_label"]
 
 SCALE_LABEL_PREFIX = "dynopool/"
-_UNNAMED = DynOPool2d.__name__  # the name a DynOPool2d created without ``name=`` carries
-
-
-def dynopool_name(path: str, layer: DynOPool2d) -> str:
-    """The name under which ``layer``, found at module ``path`` of a space, is searched and
-    exported: its own ``name`` if it was given one, else ``path``."""
-    return path if layer.name == _UNNAMED else layer.name
-
-
-def name_dynopools(space: nn.Module) -> nn.Module:
-    """Give every DynOPool of ``space`` created without ``name=`` its module path as name, in
-    place, so that the space, its supernet and its frozen models agree (freezing copies the
-    layers, and with them their names). Returns ``space``; raises ``ValueError`` if two
-    different DynOPools share a name."""
-    paths: dict[str, str] = {}
-    for path, module in space.named_modules():  # a shared layer is listed once
-        if not isinstance(module, DynOPool2d):
-            continue
-        module.name = dynopool_name(path, module)
-        if module.name in paths:
-            raise ValueError(
-                f"the DynOPools at {paths[module.name]!r} and {path!r} are both named {module.name!r}; give each its "
-                "own name (or share one layer object where two branches must have one scale)"
-            )
-        paths[module.name] = path
-    return space
 
 
 def scale_label(layer: DynOPool2d) -> str:

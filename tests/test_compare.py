@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from dynopool_nas import count_macs, dynopool_layers, freeze_dynopools, load_dataset
+from search_spaces.arch import build_model, load_architecture
 from search_spaces.registry import space_of
-from strategies.arch import build_model, load_architecture
 from strategies.commands.cli import main
 from strategies.commands.compare import candidate_models, is_at_chance, run_compare
 from strategies.commands.search import run_search

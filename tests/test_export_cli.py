@@ -12,8 +12,8 @@ import torch
 
 from dynopool_nas import count_macs, create_model, dynopool_layers, dynopoolify
 from dynopool_nas._utils import CHECKSUMS, check_together, write_together
+from search_spaces.arch import SCHEMA_VERSION, load_architecture, save_architecture
 from search_spaces.registry import make_space, space_fields, space_of
-from strategies.arch import SCHEMA_VERSION, load_architecture, save_architecture
 from strategies.commands.cli import main
 from strategies.commands.export import pareto_front, run_export, standalone_model
 from strategies.commands.search import run_search

@@ -13,11 +13,12 @@ from nni.nas.strategy import DARTS, ENAS, Proxyless, RandomOneShot
 from torch.utils.data import DataLoader, Subset
 
 from dynopool_nas import DigitsDataset, GMACsCost, count_macs, create_model, dynopool_layers, dynopoolify
+from search_spaces.arch import build_model, load_architecture, save_architecture
 from search_spaces.cells import DynOPoolCellSpace
 from search_spaces.converted import ConvertedSpace
 from search_spaces.efficientnet import EfficientNetSpace
 from strategies import DynOPoolDARTS, DynOPoolGumbelDARTS, GMACsConstraint
-from strategies.arch import build_model, export_architecture, load_architecture, save_architecture
+from strategies.export import export_architecture
 
 SIZE = 12
 INPUT = (1, SIZE, SIZE)

@@ -77,7 +77,7 @@ def test_quick_config_runs_with_nnictl_and_reports_gmacs(experiment_config):
 
 
 def test_quick_command_runs_the_quick_config_and_keeps_the_best_trial(tmp_path, capsys):
-    from strategies.arch import load_architecture
+    from search_spaces.arch import load_architecture
     from strategies.commands.quick import run_quick
 
     table = run_quick(tmp_path, max_trials=2, epochs=1)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dynopool_nas._checks import UsageError
+from search_spaces.arch import build_model, load_architecture, load_weights, save_weights
 from search_spaces.registry import make_space
-from strategies.arch import build_model, load_architecture, load_weights, save_weights
 from strategies.commands.cli import main
 from strategies.commands.search import run_search
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from strategies.arch import load_architecture
+from search_spaces.arch import load_architecture
 from strategies.commands.trial import run_trial
 
 REPO = Path(__file__).resolve().parents[1]

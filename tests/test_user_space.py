@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader, Subset
 from user_space import UserSpace
 
 from dynopool_nas import DigitsDataset, DynOPool2d, dynopool_layers
+from search_spaces.arch import build_model
 from search_spaces.registry import space_of, space_record
 from strategies import DynOPoolDARTS
-from strategies.arch import build_model, export_architecture, save_search
 from strategies.commands.export import standalone_model
+from strategies.export import export_architecture, save_search
 
 SIZE = 12
 

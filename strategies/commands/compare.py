@@ -22,8 +22,8 @@ from dynopool_nas._checks import train_subset
 from dynopool_nas._utils import atomic_folder
 from dynopool_nas.train import fit
 from dynopool_nas.viz import plot_tradeoff
+from search_spaces.arch import build_model, load_architecture
 from search_spaces.registry import space_of
-from strategies.arch import build_model, load_architecture
 
 from .export import RESULT, load_result
 

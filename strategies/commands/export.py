@@ -27,8 +27,8 @@ from torch import nn
 
 from dynopool_nas import freeze_dynopools
 from dynopool_nas._utils import atomic_folder, check_together, write_together
+from search_spaces.arch import build_model, load_architecture, load_weights, save_architecture
 from search_spaces.registry import space_of
-from strategies.arch import build_model, load_architecture, load_weights, save_architecture
 
 __all__ = [
     "EXPORTED", "RESULT", "collect_architectures", "load_result", "pareto_front", "run_export", "standalone_model",

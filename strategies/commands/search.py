@@ -19,10 +19,11 @@ from dynopool_nas._checks import train_subset, writable_folder
 from dynopool_nas._quiet import quiet
 from dynopool_nas._utils import write_together
 from dynopool_nas.convert import Placement
+from search_spaces.arch import build_model, save_architecture, save_weights
 from search_spaces.registry import make_space, space_fields
-from strategies.arch import build_model, export_architecture, save_architecture, save_weights
 from strategies.constraint import GMACsConstraint
 from strategies.darts import DynOPoolDARTS, DynOPoolGumbelDARTS
+from strategies.export import export_architecture
 
 __all__ = ["STRATEGIES", "run_search"]
 

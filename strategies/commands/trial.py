@@ -28,8 +28,8 @@ from dynopool_nas._quiet import quiet
 from dynopool_nas._utils import write_together
 from dynopool_nas.convert import Placement
 from dynopool_nas.train import EpochResult, fit
+from search_spaces.arch import SCHEMA_VERSION, save_architecture, save_weights
 from search_spaces.registry import make_space, space_fields
-from strategies.arch import SCHEMA_VERSION, save_architecture, save_weights
 from strategies.constraint import GMACsConstraint
 from strategies.report import trial_metrics
 

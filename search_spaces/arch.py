@@ -1,19 +1,20 @@
-"""Exported architectures: a JSON document of the chosen candidates, every DynOPool's learned
-scale and the feature-map sizes they give, and the model rebuilt from it.
+"""What describes an architecture of a space: ``arch.json``, a JSON document of the chosen
+candidates, every DynOPool's learned scale and the feature-map sizes they give
+(:func:`architecture_record`, :func:`save_architecture`, :func:`load_architecture`), the model
+rebuilt from it (:func:`build_model`) and its weights (:func:`save_weights`, :func:`load_weights`).
 
-:func:`save_search` writes what ``dynopool-nas export`` and ``compare`` need from a search run in
-Python: ``arch.json``, which records the space (its class by import path and its constructor's
-arguments, :func:`~search_spaces.registry.space_record`), and ``weights.pt``, the derived model's weights.
+Every DynOPool of a space is known by one name in reports, exported architectures and rebuilt
+models: the ``name`` it was given, or else its module path in the space (:func:`name_dynopools`).
+An architecture found by a one-shot search is exported by
+:func:`strategies.export.export_architecture`; a trial builds its own with
+:func:`architecture_record`.
 """
 
 from __future__ import annotations
 
-from search_spaces import _nni, _nni_compat  # noqa: F401  (NNI quietly, then the package's changes to it)
-
-# isort: split
-
 import json
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +22,73 @@ import torch
 from nni.nas.nn.pytorch import ModelSpace
 from torch import nn
 
-from dynopool_nas import dynopool_layers
-from dynopool_nas._utils import atomic_write, eval_mode, example_input, write_together
+from dynopool_nas import DynOPool2d, dynopool_layers
+from dynopool_nas._utils import atomic_write, eval_mode, example_input
 from dynopool_nas.convert import PLACEMENTS
-from search_spaces.registry import space_record
-
-from .supernet import SCALE_LABEL_PREFIX, dynopool_name, name_dynopools
 
 __all__ = [
-    "SCHEMA_VERSION", "build_model", "export_architecture", "load_architecture", "load_weights", "save_architecture",
-    "save_search", "save_weights",
+    "METRICS", "SCHEMA_VERSION", "architecture_record", "build_model", "dynopool_name", "load_architecture",
+    "load_weights", "name_dynopools", "save_architecture", "save_weights",
 ]
 
 SCHEMA_VERSION = 1
 _REQUIRED = {"schema_version": int, "input_size": list, "choices": dict, "scales": dict, "sizes": dict}
+METRICS = ("default", "gmacs", "params")
+"""The metrics an architecture records: validation top-1 (``'default'``), GMACs and parameters."""
+_UNNAMED = DynOPool2d.__name__  # the name a DynOPool2d created without ``name=`` carries
 
 
-def export_architecture(strategy: Any) -> dict[str, Any]:
-    """The architecture a finished :class:`~strategies.DynOPoolDARTS` (or GumbelDARTS) search
-    derives, with its metrics, as a JSON-serializable dict."""
-    module = strategy.oneshot_module
-    sample = module.export()
-    metrics = module.history[-1] if module.history else module.metrics()
-    return {
+def dynopool_name(path: str, layer: DynOPool2d) -> str:
+    """The name under which ``layer``, found at module ``path`` of a space, is searched and
+    exported: its own ``name`` if it was given one, else ``path``."""
+    return path if layer.name == _UNNAMED else layer.name
+
+
+def name_dynopools(space: nn.Module) -> nn.Module:
+    """Give every DynOPool of ``space`` created without ``name=`` its module path as name, in
+    place, so that the space, its supernet and its frozen models agree (freezing copies the
+    layers, and with them their names). Returns ``space``; raises ``ValueError`` if two
+    different DynOPools share a name."""
+    paths: dict[str, str] = {}
+    for path, module in space.named_modules():  # a shared layer is listed once
+        if not isinstance(module, DynOPool2d):
+            continue
+        module.name = dynopool_name(path, module)
+        if module.name in paths:
+            raise ValueError(
+                f"the DynOPools at {paths[module.name]!r} and {path!r} are both named {module.name!r}; give each its "
+                "own name (or share one layer object where two branches must have one scale)"
+            )
+        paths[module.name] = path
+    return space
+
+
+def architecture_record(
+    input_size: Sequence[int],
+    choices: Mapping[str, Any],
+    scales: Mapping[str, Sequence[float]],
+    sizes: Mapping[str, Sequence[int]],
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The ``arch.json`` document of an architecture: its ``input_size`` (channels, height, width),
+    the categorical ``choices``, every DynOPool's scale ``(r_h, r_w)`` and feature-map size by
+    name, the :data:`METRICS` of ``metrics`` (left out when ``None``), and ``fields``, what
+    records the space (:func:`~search_spaces.registry.space_fields` or
+    :func:`~search_spaces.registry.space_record`) and ``num_classes``. Raises ``ValueError`` for a
+    document :func:`load_architecture` would refuse."""
+    arch = {
         "schema_version": SCHEMA_VERSION,
-        "input_size": list(module.input_size),
-        "choices": {k: v for k, v in sample.items() if not k.startswith(SCALE_LABEL_PREFIX)},
-        "scales": {k[len(SCALE_LABEL_PREFIX):]: list(v) for k, v in sample.items() if k.startswith(SCALE_LABEL_PREFIX)},
-        "sizes": {name: list(size) for name, size in module.cost.feature_map_sizes().items()},
-        "metrics": {k: metrics[k] for k in ("default", "gmacs", "params")},
+        "input_size": list(input_size),
+        "choices": dict(choices),
+        "scales": {name: list(scale) for name, scale in scales.items()},
+        "sizes": {name: list(size) for name, size in sizes.items()},
+        **({} if metrics is None else {"metrics": {key: metrics[key] for key in METRICS}}),
+        **fields,
     }
+    _validate(arch, "architecture")
+    return arch
 
 
 def save_architecture(arch: dict[str, Any], path: str | Path) -> Path:
@@ -131,21 +169,3 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a readable weights file ({reason[:120]}): it is empty, truncated or not "
                          "written by dynopool-nas; run the search or trial that made it again") from None
-
-
-def save_search(strategy: Any, folder: str | Path) -> dict[str, Any]:
-    """Save a finished :class:`~strategies.DynOPoolDARTS` (or GumbelDARTS) search for
-    ``dynopool-nas export`` and ``compare``: ``folder/arch.json`` (:func:`export_architecture`
-    with the space's :func:`~search_spaces.registry.space_record` and ``num_classes``) and ``folder/weights.pt``, the
-    state dict of the derived model (:func:`build_model` of the trained supernet). Returns the
-    architecture."""
-    space = strategy.supernet
-    arch = export_architecture(strategy) | space_record(space)
-    model = build_model(space, arch)
-    with eval_mode(model):
-        logits = model(example_input(model, tuple(arch["input_size"])))
-    arch["num_classes"] = int(logits.shape[-1])
-    folder = Path(folder)
-    write_together(folder, {"arch.json": lambda path: save_architecture(arch, path),
-                            "weights.pt": lambda path: torch.save(model.state_dict(), path)})
-    return arch
