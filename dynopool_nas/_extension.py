@@ -1,11 +1,11 @@
-"""DynOPool's compiled CPU kernels (``csrc/dynopool_cpu.cpp``), built on first use.
+"""DynOPool's compiled CPU kernels (``csrc/``), built on first use.
 
 Max DynOPool's forward pass, which samples the query points and takes each 2x2 maximum in one
 pass (keeping a one-byte code of the winner instead of ``max_pool2d``'s eight-byte index and no
 query grid), and its backward pass in one pass over the output. They are compiled with
 ``torch.utils.cpp_extension`` the first time a CPU forward needs them (about 15 s, cached under
 ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``, in a folder named by a hash
-of the source, the compiler flags and the torch they build against, so that checkouts and
+of every source file, the compiler flags and the torch they build against, so that checkouts and
 versions never rebuild each other's). Where they cannot be built (no C++ compiler) the layer
 falls back to PyTorch operators, which give the same values, more slowly;
 ``DYNOPOOL_NAS_NO_EXTENSION=1`` selects the fallback without trying.
@@ -14,6 +14,10 @@ The ops ``torch.ops.dynopool_nas.max_forward`` / ``max_backward`` get their deri
 fake (shape-only) implementation as they load: ``max_forward`` differentiates like the layer
 (second derivatives included), and ``max_backward``, which has no derivative of its own, refuses
 inputs that require one.
+
+The sources are laid out per device, as torchvision's ops are: ``csrc/dynopool.cpp`` declares the
+ops' schema, ``csrc/cpu/dynopool_kernel.cpp`` holds the CPU kernels; the GPU kernels are Triton, in
+:mod:`dynopool_nas._triton`. Every ``.cpp`` file under ``csrc/`` is compiled into one library.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from types import ModuleType
 import torch
 
 DISABLE_VARIABLE = "DYNOPOOL_NAS_NO_EXTENSION"
-_SOURCE = Path(__file__).with_name("csrc") / "dynopool_cpu.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE_SUFFIXES = (".cpp", ".h")  # what the build reads; the .cpp files are compiled
 _CFLAGS = ("-O3", "-fopenmp")
 _LDFLAGS = ("-fopenmp",)
 _loaded: bool | None = None
@@ -49,12 +54,23 @@ def _ninja_on_path() -> None:
             os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
-def build_name(source: bytes) -> str:
-    """The extension's name (and build folder): a hash of what the build depends on -- the
-    source, the compiler flags and the torch installation it compiles against -- and not of
-    where the source lives."""
+def read_sources(root: Path | None = None) -> dict[str, bytes]:
+    """Every source file under ``csrc/`` (or ``root``), by its path relative to that folder, in
+    sorted order."""
+    root = _CSRC if root is None else root
+    paths = sorted(path for path in root.rglob("*") if path.suffix in _SOURCE_SUFFIXES and path.is_file())
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in paths}
+
+
+def build_name(sources: dict[str, bytes]) -> str:
+    """The extension's name (and build folder): a hash of what the build depends on -- every
+    source file and its place in ``csrc/``, the compiler flags and the torch installation it
+    compiles against -- and not of where the sources live."""
     digest = hashlib.sha256()
-    for part in (source, repr((_CFLAGS, _LDFLAGS)).encode(), torch.__version__.encode(),
+    for name, source in sorted(sources.items()):
+        digest.update(hashlib.sha256(name.encode()).digest())
+        digest.update(hashlib.sha256(source).digest())
+    for part in (repr((_CFLAGS, _LDFLAGS)).encode(), torch.__version__.encode(),
                  str(Path(torch.__file__).parent).encode()):
         digest.update(hashlib.sha256(part).digest())
     return f"dynopool_nas_cpu_{digest.hexdigest()[:16]}"
@@ -73,29 +89,36 @@ def _cpp_extension() -> ModuleType:
     return cpp_extension
 
 
-def build_directory(source: bytes) -> Path:
+def build_directory(sources: dict[str, bytes]) -> Path:
     """Where :func:`build_name`'s extension is built, under ``TORCH_EXTENSIONS_DIR``."""
-    return Path(_cpp_extension()._get_build_directory(build_name(source), verbose=False))
+    return Path(_cpp_extension()._get_build_directory(build_name(sources), verbose=False))
 
 
-def _source_in(directory: Path, source: bytes) -> Path:
-    """The source, copied into the build folder: every checkout compiles the same file with the
-    same command, so that ninja finds the build up to date. Written atomically."""
-    target = directory / _SOURCE.name
-    if not target.is_file() or target.read_bytes() != source:
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as file:
-            file.write(source)
-        os.replace(file.name, target)
-    return target
+def _sources_in(directory: Path, sources: dict[str, bytes]) -> list[Path]:
+    """The sources, copied into the build folder (``csrc/`` as it is laid out): every checkout
+    compiles the same files with the same command, so that ninja finds the build up to date.
+    Each file written atomically; returns the files to compile."""
+    compiled = [name for name in sources if name.endswith(".cpp")]
+    objects = [Path(name).stem for name in compiled]
+    if len(set(objects)) != len(objects):  # torch names each object file after its source alone
+        raise ValueError(f"two sources in csrc/ share a file name: {sorted(compiled)}")
+    for name, source in sources.items():
+        target = directory / "csrc" / name
+        if not target.is_file() or target.read_bytes() != source:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as file:
+                file.write(source)
+            os.replace(file.name, target)
+    return [directory / "csrc" / name for name in compiled]
 
 
 def _load() -> bool:
     try:
         _ninja_on_path()
-        source = _SOURCE.read_bytes()
-        directory = build_directory(source)
+        sources = read_sources()
+        directory = build_directory(sources)
         directory.mkdir(parents=True, exist_ok=True)
-        _cpp_extension().load(name=build_name(source), sources=[str(_source_in(directory, source))],
+        _cpp_extension().load(name=build_name(sources), sources=[str(path) for path in _sources_in(directory, sources)],
                               build_directory=str(directory), extra_cflags=list(_CFLAGS),
                               extra_ldflags=list(_LDFLAGS), is_python_module=False)
     except Exception as error:  # any build failure means: use the fallback

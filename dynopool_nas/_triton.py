@@ -1,6 +1,7 @@
 """Max DynOPool's Triton kernels, for CUDA tensors (thesis eq. 4.2; the CPU kernels' GPU twins).
 
-The same operators as ``csrc/dynopool_cpu.cpp``, with the same semantics:
+The same operators as the CPU kernels (``csrc/cpu/dynopool_kernel.cpp``; the schema is in
+``csrc/dynopool.cpp``), with the same semantics:
 
 - :func:`max_forward` samples the four query points of every output cell (bilinear, at input
   pixel coordinates ``rows`` x ``cols``) and keeps the largest, with the winner's one-byte code

@@ -100,7 +100,7 @@ def test_the_compiled_graph_calls_the_registered_kernels(kernels, monkeypatch): 
     loads = []
 
     def load() -> bool:
-        loads.append(_extension._SOURCE.stat())
+        loads.append(_extension._CSRC.stat())
         return True
 
     monkeypatch.setattr(_extension, "_load", load)

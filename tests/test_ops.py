@@ -131,28 +131,77 @@ def test_nan_and_infinity_at_half_scale_are_max_pools(aggregation, backward_path
     assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(out.nan_to_num(), expected.nan_to_num())
 
 
-def test_the_build_folder_changes_with_the_source():
-    source = _extension._SOURCE.read_bytes()
-    assert _extension.build_name(source) != _extension.build_name(source + b"\n// changed\n")
+def test_the_sources_are_laid_out_per_device():
+    """The schema once, the CPU kernels beside it; every file the build reads is hashed."""
+    sources = _extension.read_sources()
+    assert {"dynopool.cpp", "cpu/dynopool_kernel.cpp"} <= set(sources)
+    assert b"TORCH_LIBRARY(dynopool_nas" in sources["dynopool.cpp"]
+    assert b"TORCH_LIBRARY_IMPL(dynopool_nas, CPU" in sources["cpu/dynopool_kernel.cpp"]
+    assert not any(b"TORCH_LIBRARY(" in source for name, source in sources.items() if name != "dynopool.cpp")
+
+
+@pytest.mark.parametrize("edit", ["schema", "kernel", "new header", "moved"])
+def test_the_build_folder_changes_with_any_source(edit):
+    sources = _extension.read_sources()
+    edited = dict(sources)
+    if edit == "schema":
+        edited["dynopool.cpp"] += b"\n// changed\n"
+    elif edit == "kernel":
+        edited["cpu/dynopool_kernel.cpp"] += b"\n// changed\n"
+    elif edit == "new header":
+        edited["cpu/helpers.h"] = b"#pragma once\n"
+    else:
+        edited["cpu/kernel.cpp"] = edited.pop("cpu/dynopool_kernel.cpp")
+    assert _extension.build_name(edited) != _extension.build_name(sources)
+    assert _extension.build_name(dict(reversed(sources.items()))) == _extension.build_name(sources)
+
+
+def test_two_sources_of_one_file_name_are_refused(tmp_path):
+    """torch names each object file after its source's file name alone: a second
+    ``dynopool.cpp`` in a device folder would overwrite the first's object."""
+    sources = {"dynopool.cpp": b"", "cpu/dynopool.cpp": b""}
+    with pytest.raises(ValueError, match="share a file name"):
+        _extension._sources_in(tmp_path, sources)
 
 
 def test_a_second_checkout_loads_the_built_kernels_without_rebuilding(tmp_path, kernels):  # noqa: F811
-    """Two checkouts with the same source share one build: loading from another path must not
+    """Two checkouts with the same sources share one build: loading from another path must not
     recompile (the build would rewrite the library)."""
-    source = _extension._SOURCE.read_bytes()
-    library = _extension.build_directory(source) / f"{_extension.build_name(source)}.so"
+    sources = _extension.read_sources()
+    library = _extension.build_directory(sources) / f"{_extension.build_name(sources)}.so"
     before = library.stat().st_mtime_ns
     checkout = tmp_path / "checkout" / "csrc"
-    checkout.mkdir(parents=True)
-    (checkout / "dynopool_cpu.cpp").write_bytes(source)
+    for name, source in sources.items():
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_bytes(source)
     script = (
         "import sys, pathlib; from dynopool_nas import _extension; "
-        "_extension._SOURCE = pathlib.Path(sys.argv[1]); assert _extension.cpu_kernel_available()"
+        "_extension._CSRC = pathlib.Path(sys.argv[1]); assert _extension.cpu_kernel_available()"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", script, str(checkout / "dynopool_cpu.cpp")], check=True, env=env,
+    subprocess.run([sys.executable, "-c", script, str(checkout)], check=True, env=env,
                    cwd=Path(__file__).parents[1], timeout=300)
     assert library.stat().st_mtime_ns == before
+
+
+def test_without_a_compiler_the_layer_falls_back_with_one_warning(tmp_path):
+    """A machine with no C++ compiler gets one warning and the PyTorch operators, forward and
+    backward (a fresh build folder, so that no earlier build is loaded)."""
+    script = (
+        "import warnings, torch; from dynopool_nas import DynOPool2d, _extension\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always'); layer = DynOPool2d(); x = torch.randn(1, 2, 8, 8)\n"
+        "    layer(x).sum().backward(); layer(x)\n"
+        "built = [w for w in caught if 'could not build the C++ kernels' in str(w.message)]\n"
+        "assert len(built) == 1 and issubclass(built[0].category, RuntimeWarning), [str(w.message) for w in caught]\n"
+        "assert not _extension.cpu_kernel_available() and layer.alpha.grad is not None\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(tmp_path),
+           "CXX": str(tmp_path / "no-compiler")}
+    env.pop(_extension.DISABLE_VARIABLE, None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=Path(__file__).parents[1], timeout=300,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_the_layer_with_nan_input_keeps_finite_cells_finite(backward_path):  # noqa: F811

@@ -1,5 +1,5 @@
-// Max DynOPool on the CPU (thesis eq. 4.2): the 2x2 max over the query grid, and the
-// backward pass in one pass over the output.
+// Max DynOPool on the CPU (thesis eq. 4.2): the kernels of the ops declared in ../dynopool.cpp,
+// the 2x2 max over the query grid, and the backward pass in one pass over the output.
 //
 // The query grid has 2*H_out rows at input pixel coordinates `rows` and 2*W_out columns at
 // `cols`; output cell (p, q) takes the largest of queries (2p + a, 2q + b), a, b in {0, 1},
@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -37,9 +38,6 @@ namespace {
 #define DYNOPOOL_VECTOR_CLONES
 #endif
 
-// The kernels take NCHW-contiguous or channels-last-contiguous inputs (the caller makes any
-// other layout contiguous) and split the work into items over contiguous memory: a plane
-// (n, c) for NCHW, an output row (n, p) across all channels for channels-last.
 bool is_channels_last(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
@@ -51,10 +49,18 @@ struct Plane {
   int64_t row_stride, col_stride, channel_stride;
 
   Plane(const at::Tensor& t, int64_t n, int64_t c)
-      : origin(static_cast<T*>(t.data_ptr()) + n * t.stride(0) + c * t.stride(1)),
+      : origin(data_of(t) + n * t.stride(0) + c * t.stride(1)),
         row_stride(t.stride(2)),
         col_stride(t.stride(3)),
         channel_stride(t.stride(1)) {}
+
+  static T* data_of(const at::Tensor& t) {
+    if constexpr (std::is_const_v<T>) {
+      return static_cast<T*>(t.const_data_ptr());
+    } else {
+      return static_cast<T*>(t.data_ptr());
+    }
+  }
 
   Plane channel(int64_t offset) const {
     Plane shifted = *this;
@@ -62,7 +68,38 @@ struct Plane {
     return shifted;
   }
 
+  T* row(int64_t index) const { return origin + index * row_stride; }
+
   T& operator()(int64_t row, int64_t col) const { return origin[row * row_stride + col * col_stride]; }
+};
+
+// How every kernel splits its work, the one place that tells the two layouts apart. The kernels
+// take NCHW-contiguous or channels-last-contiguous inputs (the caller makes any other layout
+// contiguous) and split the work into items over contiguous memory:
+//   NCHW           item (n, c): a plane, every output row of one channel;
+//   channels-last  item (n, p): an output row, all channels (the innermost axis).
+// Either way an item is a range of output rows of the plane (n, first channel), and a row of a
+// contiguous map holds `lanes` values per pixel (1 for NCHW, C for channels-last), channel c of
+// pixel q at q * lanes + c.
+struct WorkSplit {
+  bool channels_last;
+  int64_t batch, channels, out_h;
+
+  struct Item {
+    int64_t n, channel;       // the batch index and the first channel
+    int64_t first_p, last_p;  // the output rows [first_p, last_p)
+  };
+
+  int64_t items() const { return batch * (channels_last ? out_h : channels); }
+
+  int64_t lanes() const { return channels_last ? channels : 1; }
+
+  Item operator[](int64_t item) const {
+    if (channels_last) {
+      return {item / out_h, 0, item % out_h, item % out_h + 1};
+    }
+    return {item / channels, item % channels, 0, out_h};
+  }
 };
 
 // The largest of four and its position: the first maximum wins and NaN propagates (the last
@@ -80,37 +117,32 @@ inline void best_of_four(scalar_t a, scalar_t b, scalar_t c, scalar_t d, scalar_
   best = any_nan ? std::numeric_limits<scalar_t>::quiet_NaN() : largest;
 }
 
+// Max DynOPool on the pixel grid: the 2x2 windows of the input, read directly.
 template <typename scalar_t>
-DYNOPOOL_VECTOR_CLONES void max2x2_items(const at::Tensor& grid, at::Tensor& values, at::Tensor& codes, bool channels_last,
-                  int64_t begin, int64_t end) {
-  const int64_t channels = grid.size(1), out_h = values.size(2), out_w = values.size(3);
-  const int64_t width = grid.size(3);
-  const scalar_t* grid_data = grid.const_data_ptr<scalar_t>();
-  scalar_t* value_data = values.mutable_data_ptr<scalar_t>();
-  uint8_t* code_data = codes.mutable_data_ptr<uint8_t>();
+DYNOPOOL_VECTOR_CLONES void max2x2_items(const at::Tensor& grid, at::Tensor& values, at::Tensor& codes,
+                                         const WorkSplit& split, int64_t begin, int64_t end) {
+  const int64_t out_w = values.size(3), lanes = split.lanes();
   for (int64_t item = begin; item < end; ++item) {
-    if (channels_last) {  // item = (n, p); channels are the innermost, contiguous axis
-      const int64_t n = item / out_h, p = item % out_h;
-      const scalar_t* __restrict__ top = grid_data + ((n * grid.size(2) + 2 * p) * width) * channels;
-      const scalar_t* __restrict__ bottom = top + width * channels;
-      scalar_t* __restrict__ value_row = value_data + (n * out_h + p) * out_w * channels;
-      uint8_t* __restrict__ code_row = code_data + (n * out_h + p) * out_w * channels;
-      for (int64_t q = 0; q < out_w; ++q) {
-        const int64_t left = 2 * q * channels, right = left + channels, out = q * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          best_of_four(top[left + c], top[right + c], bottom[left + c], bottom[right + c], value_row[out + c],
-                       code_row[out + c]);
-        }
-      }
-    } else {  // item = plane (n, c)
-      const scalar_t* plane = grid_data + item * grid.size(2) * width;
-      for (int64_t p = 0; p < out_h; ++p) {
-        const scalar_t* __restrict__ top = plane + 2 * p * width;
-        const scalar_t* __restrict__ bottom = top + width;
-        scalar_t* __restrict__ value_row = value_data + (item * out_h + p) * out_w;
-        uint8_t* __restrict__ code_row = code_data + (item * out_h + p) * out_w;
+    const WorkSplit::Item it = split[item];
+    const Plane<const scalar_t> image(grid, it.n, it.channel);
+    const Plane<scalar_t> value_plane(values, it.n, it.channel);
+    const Plane<uint8_t> code_plane(codes, it.n, it.channel);
+    for (int64_t p = it.first_p; p < it.last_p; ++p) {
+      const scalar_t* __restrict__ top = image.row(2 * p);
+      const scalar_t* __restrict__ bottom = image.row(2 * p + 1);
+      scalar_t* __restrict__ value_row = value_plane.row(p);
+      uint8_t* __restrict__ code_row = code_plane.row(p);
+      if (lanes == 1) {  // NCHW: the loop runs along the row, over every other pixel
         for (int64_t q = 0; q < out_w; ++q) {
           best_of_four(top[2 * q], top[2 * q + 1], bottom[2 * q], bottom[2 * q + 1], value_row[q], code_row[q]);
+        }
+        continue;
+      }
+      for (int64_t q = 0; q < out_w; ++q) {  // channels-last: the loop runs along the channels
+        const int64_t left = 2 * q * lanes, right = left + lanes, out = q * lanes;
+        for (int64_t c = 0; c < lanes; ++c) {
+          best_of_four(top[left + c], top[right + c], bottom[left + c], bottom[right + c], value_row[out + c],
+                       code_row[out + c]);
         }
       }
     }
@@ -180,12 +212,12 @@ inline void blend_rows(const scalar_t* __restrict__ top, const scalar_t* __restr
 // buffer ends in one pixel of zeros, which a column without a right neighbour (the last column)
 // reads as its upper tap: weight 0 times 0 leaves it out, as grid_sample does.
 template <typename scalar_t>
-DYNOPOOL_VECTOR_CLONES void sample_max_items(const at::Tensor& input, at::Tensor& values, at::Tensor& codes, const Taps& row_taps,
-                      const Taps& col_taps, bool channels_last, int64_t begin, int64_t end) {
+DYNOPOOL_VECTOR_CLONES void sample_max_items(const at::Tensor& input, at::Tensor& values, at::Tensor& codes,
+                                             const Taps& row_taps, const Taps& col_taps, const WorkSplit& split,
+                                             int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = input.size(1), height = input.size(2), width = input.size(3);
-  const int64_t out_h = values.size(2), out_w = values.size(3);
-  const int64_t lanes = channels_last ? channels : 1;  // values per pixel in a row of memory
+  const int64_t width = input.size(3), out_w = values.size(3);
+  const int64_t lanes = split.lanes();  // values per pixel in a row of memory
   const int64_t row_length = width * lanes;
   const std::vector<acc_t> row_weights = weights_as<acc_t>(row_taps), col_weights = weights_as<acc_t>(col_taps);
   const acc_t* __restrict__ wc = col_weights.data();
@@ -198,19 +230,18 @@ DYNOPOOL_VECTOR_CLONES void sample_max_items(const at::Tensor& input, at::Tensor
   std::vector<acc_t> buffers(2 * (row_length + lanes), acc_t(0));
   acc_t* __restrict__ even_row = buffers.data();
   acc_t* __restrict__ odd_row = even_row + row_length + lanes;
-  const scalar_t* input_data = input.const_data_ptr<scalar_t>();
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t n = channels_last ? item / out_h : item / channels;
-    const int64_t first_p = channels_last ? item % out_h : 0, last_p = channels_last ? first_p + 1 : out_h;
-    const scalar_t* image = input_data + (channels_last ? n : item) * height * row_length;
-    for (int64_t p = first_p; p < last_p; ++p) {
-      blend_rows(image + row_taps.lower[2 * p] * row_length, image + row_taps.upper[2 * p] * row_length,
-                 row_weights[2 * p], even_row, row_length);
-      blend_rows(image + row_taps.lower[2 * p + 1] * row_length, image + row_taps.upper[2 * p + 1] * row_length,
-                 row_weights[2 * p + 1], odd_row, row_length);
-      const int64_t out_offset = channels_last ? (n * out_h + p) * out_w * channels : (item * out_h + p) * out_w;
-      scalar_t* __restrict__ value_row = values.mutable_data_ptr<scalar_t>() + out_offset;
-      uint8_t* __restrict__ code_row = codes.mutable_data_ptr<uint8_t>() + out_offset;
+    const WorkSplit::Item it = split[item];
+    const Plane<const scalar_t> image(input, it.n, it.channel);
+    const Plane<scalar_t> value_plane(values, it.n, it.channel);
+    const Plane<uint8_t> code_plane(codes, it.n, it.channel);
+    for (int64_t p = it.first_p; p < it.last_p; ++p) {
+      blend_rows(image.row(row_taps.lower[2 * p]), image.row(row_taps.upper[2 * p]), row_weights[2 * p], even_row,
+                 row_length);
+      blend_rows(image.row(row_taps.lower[2 * p + 1]), image.row(row_taps.upper[2 * p + 1]), row_weights[2 * p + 1],
+                 odd_row, row_length);
+      scalar_t* __restrict__ value_row = value_plane.row(p);
+      uint8_t* __restrict__ code_row = code_plane.row(p);
       for (int64_t q = 0; q < out_w; ++q) {
         // the blended rows at the taps of query columns 2q (a) and 2q + 1 (b)
         const acc_t* __restrict__ even_a0 = even_row + col_lower[2 * q] * lanes;
@@ -252,13 +283,13 @@ std::tuple<at::Tensor, at::Tensor> max_forward_cpu(const at::Tensor& input, cons
   const std::vector<int64_t> shape = {x.size(0), x.size(1), rows.numel() / 2, cols.numel() / 2};
   at::Tensor values = at::empty(shape, x.options().memory_format(format));
   at::Tensor codes = at::empty(shape, x.options().dtype(at::kByte).memory_format(format));
-  const int64_t items = shape[0] * (channels_last ? shape[2] : shape[1]);
+  const WorkSplit split{channels_last, shape[0], shape[1], shape[2]};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynopool_max_forward", [&] {
-    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, split.items(), 1, [&](int64_t begin, int64_t end) {
       if (aligned) {
-        max2x2_items<scalar_t>(x, values, codes, channels_last, begin, end);
+        max2x2_items<scalar_t>(x, values, codes, split, begin, end);
       } else {
-        sample_max_items<scalar_t>(x, values, codes, row_taps, col_taps, channels_last, begin, end);
+        sample_max_items<scalar_t>(x, values, codes, row_taps, col_taps, split, begin, end);
       }
     });
   });
@@ -306,18 +337,15 @@ inline double backward_cell(const Plane<const scalar_t>& x, const Plane<scalar_t
 template <typename scalar_t, bool aligned>
 void backward_items(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& codes,
                     const at::Tensor& grad_input, bool input_grad, const Taps& row_taps, const Taps& col_taps,
-                    bool channels_last, int64_t begin, int64_t end, double* row_sums, double* col_sums) {
+                    const WorkSplit& split, int64_t begin, int64_t end, double* row_sums, double* col_sums) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = input.size(1), out_h = grad.size(2), out_w = grad.size(3);
+  const int64_t out_w = grad.size(3), lanes = split.lanes();
   for (int64_t item = begin; item < end; ++item) {
-    // channels-last: item (n, p), every channel innermost; NCHW: item (n, c), every row
-    const int64_t n = item / (channels_last ? out_h : channels);
-    const int64_t first_c = channels_last ? 0 : item % channels, lanes = channels_last ? channels : 1;
-    const int64_t first_p = channels_last ? item % out_h : 0, last_p = channels_last ? first_p + 1 : out_h;
-    const Plane<const scalar_t> x(input, n, first_c), g(grad, n, first_c);
-    const Plane<const uint8_t> code(codes, n, first_c);
-    const Plane<scalar_t> gx(input_grad ? grad_input : input, n, first_c);
-    for (int64_t p = first_p; p < last_p; ++p) {
+    const WorkSplit::Item it = split[item];
+    const Plane<const scalar_t> x(input, it.n, it.channel), g(grad, it.n, it.channel);
+    const Plane<const uint8_t> code(codes, it.n, it.channel);
+    const Plane<scalar_t> gx(input_grad ? grad_input : input, it.n, it.channel);
+    for (int64_t p = it.first_p; p < it.last_p; ++p) {
       double even_row = 0, odd_row = 0;  // query rows 2p and 2p + 1, summed in registers
       for (int64_t q = 0; q < out_w; ++q) {
         for (int64_t c = 0; c < lanes; ++c) {
@@ -357,8 +385,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
   at::Tensor grad_input = !input_grad ? at::empty({0}, input.options())
                           : aligned   ? at::empty_like(input)
                                       : at::empty_like(input).zero_();
-  const bool channels_last = is_channels_last(input);
-  const int64_t items = input.size(0) * (channels_last ? grad.size(2) : input.size(1));
+  const WorkSplit split{is_channels_last(input), input.size(0), input.size(1), grad.size(2)};
+  const int64_t items = split.items();
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
   // one row of coordinate sums per chunk, added up in a fixed order: deterministic results
   std::vector<double> sums(chunks * (query_h + query_w), 0.0);
@@ -370,10 +398,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
         const int64_t begin = chunk * items / chunks, end = (chunk + 1) * items / chunks;
         if (aligned) {
           backward_items<scalar_t, true>(grad, input, codes, grad_input, input_grad, row_taps, col_taps,
-                                         channels_last, begin, end, row_sums, row_sums + query_h);
+                                         split, begin, end, row_sums, row_sums + query_h);
         } else {
           backward_items<scalar_t, false>(grad, input, codes, grad_input, input_grad, row_taps, col_taps,
-                                          channels_last, begin, end, row_sums, row_sums + query_h);
+                                          split, begin, end, row_sums, row_sums + query_h);
         }
       }
     });
@@ -393,12 +421,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
 }
 
 }  // namespace
-
-TORCH_LIBRARY(dynopool_nas, m) {
-  m.def("max_forward(Tensor input, Tensor rows, Tensor cols) -> (Tensor, Tensor)");
-  m.def("max_backward(Tensor grad, Tensor input, Tensor codes, Tensor rows, Tensor cols, bool input_grad)"
-        " -> (Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(dynopool_nas, CPU, m) {
   m.impl("max_forward", &max_forward_cpu);
