@@ -50,7 +50,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         help="DynOPool-S candidates (relative to the initial GMACs), tried on the pilot seed")
     parser.add_argument("--placement", default="after", choices=("after", "before"),
                         help="where a strided convolution's DynOPool goes (after: eq. 5.2, the thesis's)")
-    parser.add_argument("--low-resolution", type=int, default=24, help="input size of the human low-resolution row")
+    parser.add_argument("--low-resolution", type=int, default=24,
+                        help="input size of the human low-resolution row (0: no such row)")
 
 
 def _label(args: argparse.Namespace) -> str:
@@ -90,7 +91,7 @@ def main() -> None:
     variants: dict[str, dict[str, Any]] = {
         "human": {},
         f"human, {long} epochs": {"epochs": long},
-        f"human @ {args.low_resolution}px": {"size": args.low_resolution},
+        **({f"human @ {args.low_resolution}px": {"size": args.low_resolution}} if args.low_resolution else {}),
         "DynOPool-B (lambda 0)": {"convert": _convert(args), "epochs": long},
         f"DynOPool-S (lambda {lam:g})": {"convert": _convert(args), "lam": lam, "epochs": long},
     }
@@ -102,7 +103,7 @@ def main() -> None:
     plot_scales(curves, RESULTS / f"{name}_scales.png", f"{_label(args)}: scales per epoch")
     names = list(variants)
     comparisons = [paired(table, other, "human") for other in names[1:]]
-    comparisons += [paired(table, other, names[1]) for other in names[3:]]
+    comparisons += [paired(table, other, names[1]) for other in names if other.startswith("DynOPool")]
     for row in comparisons:
         row["verdict"] = verdict(row)
     human_curve = curves[curves["model"] == "human"].groupby("epoch")["val_top1"].mean()
