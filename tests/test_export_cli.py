@@ -12,7 +12,7 @@ import torch
 
 from dynopool_nas import count_macs, create_model, dynopool_layers, dynopoolify
 from dynopool_nas._utils import CHECKSUMS, check_together, write_together
-from search_spaces.arch import SCHEMA_VERSION, load_architecture, save_architecture
+from search_spaces.arch import architecture_record, load_architecture, save_architecture
 from search_spaces.registry import make_space, space_fields, space_of
 from strategies.commands.cli import main
 from strategies.commands.export import pareto_front, run_export, standalone_model
@@ -150,12 +150,11 @@ def _converted_architecture(tmp_path, placement):
     with torch.no_grad():
         space(torch.zeros(1, 3, 32, 32))
     layers = list(dynopool_layers(space))
-    arch = {
-        "schema_version": SCHEMA_VERSION, "input_size": [3, 32, 32], "choices": {},
-        "scales": {layer.name: list(layer.scale) for _, layer in layers},
-        "sizes": {layer.name: list(layer.output_size) for _, layer in layers},
-        "num_classes": 10, **space_fields("mobilenetv2_cifar", placement),
-    }
+    arch = architecture_record(
+        (3, 32, 32), {}, {layer.name: layer.scale for _, layer in layers},
+        {layer.name: layer.output_size for _, layer in layers}, num_classes=10,
+        **space_fields("mobilenetv2_cifar", placement),
+    )
     write_together(tmp_path, {"arch.json": lambda path: save_architecture(arch, path),
                               "weights.pt": lambda path: torch.save(space.state_dict(), path)})
     return space, load_architecture(tmp_path / "arch.json")

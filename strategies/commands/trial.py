@@ -28,7 +28,7 @@ from dynopool_nas._quiet import quiet
 from dynopool_nas._utils import write_together
 from dynopool_nas.convert import Placement
 from dynopool_nas.train import EpochResult, fit
-from search_spaces.arch import SCHEMA_VERSION, save_architecture, save_weights
+from search_spaces.arch import architecture_record, save_architecture, save_weights
 from search_spaces.registry import make_space, space_fields
 from strategies.constraint import GMACsConstraint
 from strategies.report import trial_metrics
@@ -109,16 +109,11 @@ def run_trial(
     nni.report_final_result(history[-1])
     output = Path(output_dir or os.environ.get("NNI_OUTPUT_DIR", "."))
     output.mkdir(parents=True, exist_ok=True)
-    arch = {
-        "schema_version": SCHEMA_VERSION,
-        "input_size": list(input_size),
-        "choices": choices,
-        "scales": {layer.name: list(layer.scale) for _, layer in dynopool_layers(model)},
-        "sizes": {name: list(size) for name, size in cost.feature_map_sizes().items()},
-        "metrics": {k: history[-1][k] for k in ("default", "gmacs", "params")},
-        **space_fields(space, placement),
-        "num_classes": splits.num_classes,
-    }
+    arch = architecture_record(
+        input_size, choices, {layer.name: layer.scale for _, layer in dynopool_layers(model)},
+        cost.feature_map_sizes(), metrics=history[-1], **space_fields(space, placement),
+        num_classes=splits.num_classes,
+    )
     write_together(output, {"arch.json": lambda path: save_architecture(arch, path),
                             "weights.pt": lambda path: save_weights(model, path)})
     return history[-1]
