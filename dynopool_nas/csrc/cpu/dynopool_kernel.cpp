@@ -89,30 +89,62 @@ struct Map {
 // take NCHW-contiguous or channels-last-contiguous inputs (the caller makes any other layout
 // contiguous) and split the work into items over contiguous memory:
 //   NCHW           item (n, c): a plane, every output row of one channel;
-//   channels-last  item (n, p): an output row, all channels (the innermost axis).
-// Either way an item is a range of output rows of the plane (n, first channel), and a row of a
-// contiguous map holds `lanes` values per pixel (1 for NCHW, C for channels-last), channel c of
-// pixel q at q * lanes + c.
+//   channels-last  item (n, p): an output row, all channels (the innermost axis);
+//   channels-last backward off the pixel grid (channel_block > 0): item (n, block of channels),
+//                  every output row. Off the grid neighbouring output rows add into the same
+//                  input rows, so items of output rows on two threads would add into the same
+//                  pixels at once (and lose additions); items of disjoint channels never share
+//                  an input-gradient value. The block size does not depend on the thread count
+//                  (see backward_channel_block), nor, with it, the coordinate sums' order.
+// Either way an item is a range of output rows of `channel_count` channels from the plane
+// (n, first channel), and a row of a contiguous map holds `lanes` values per pixel (1 for NCHW,
+// C for channels-last), channel c of pixel q at q * lanes + c.
 struct WorkSplit {
   bool channels_last;
   int64_t batch, channels, out_h;
+  int64_t channel_block = 0;  // channels-last: channels per item of every output row, if > 0
 
   struct Item {
     int64_t n, channel;       // the batch index and the first channel
+    int64_t channel_count;    // the channels [channel, channel + channel_count)
     int64_t first_p, last_p;  // the output rows [first_p, last_p)
   };
 
-  int64_t items() const { return batch * (channels_last ? out_h : channels); }
+  int64_t blocks() const { return (channels + channel_block - 1) / channel_block; }
+
+  int64_t items() const {
+    if (!channels_last) {
+      return batch * channels;
+    }
+    return batch * (channel_block > 0 ? blocks() : out_h);
+  }
 
   int64_t lanes() const { return channels_last ? channels : 1; }
 
   Item operator[](int64_t item) const {
-    if (channels_last) {
-      return {item / out_h, 0, item % out_h, item % out_h + 1};
+    if (!channels_last) {
+      return {item / channels, item % channels, 1, 0, out_h};
     }
-    return {item / channels, item % channels, 0, out_h};
+    if (channel_block > 0) {
+      const int64_t first = item % blocks() * channel_block;
+      return {item / blocks(), first, std::min(channel_block, channels - first), 0, out_h};
+    }
+    return {item / out_h, 0, channels, item % out_h, item % out_h + 1};
   }
 };
+
+// Channels per item of the channels-last backward pass off the pixel grid: whole 64-byte cache
+// lines of them (neighbouring items then write no common line where C fills whole lines), as
+// many as leave about 32 items per call to share among the threads. It depends on the shape
+// and the element size only, never on the thread count, so that every thread count adds the
+// coordinate sums in the same order (bit-for-bit equal results).
+int64_t backward_channel_block(int64_t batch, int64_t channels, int64_t element_size) {
+  constexpr int64_t target_items = 32, line_bytes = 64;
+  const int64_t line = std::max<int64_t>(1, line_bytes / element_size);
+  const int64_t blocks_per_image = std::max<int64_t>(1, (target_items - 1) / std::max<int64_t>(1, batch) + 1);
+  const int64_t block = (channels + blocks_per_image - 1) / blocks_per_image;
+  return std::max<int64_t>(1, std::min(channels, (block + line - 1) / line * line));
+}
 
 // The largest of four and its position: the first maximum wins and NaN propagates (the last
 // NaN wins), as in max_pool2d. Branch-free, so that loops over channels vectorize and random
@@ -367,16 +399,15 @@ inline double backward_cell(const Plane<const scalar_t>& x, const Plane<scalar_t
   return static_cast<double>(g * ((1 - wc) * (x10 - x00) + wc * (x11 - x01)));
 }
 
-// Known issue (kept as it was when the sources were split, to change nothing): off the pixel
-// grid, the input gradients of neighbouring channels-last items (output rows p and p + 1) can
-// land on the same input row, so two threads whose chunks meet there add to the same pixels at
-// once and one addition can be lost. NCHW items (planes) and the pixel grid never share a pixel.
+// The backward pass of the items [begin, end): no two items add into the same input-gradient
+// value (NCHW items are planes, channels-last items off the pixel grid blocks of channels, and
+// on the pixel grid every pixel is written once), so items run on any threads at once.
 template <typename scalar_t, bool aligned>
 void backward_items(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& codes,
                     const at::Tensor& grad_input, bool input_grad, const Taps& row_taps, const Taps& col_taps,
                     const WorkSplit& split, int64_t begin, int64_t end, double* row_sums, double* col_sums) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t out_w = grad.size(3), lanes = split.lanes();
+  const int64_t out_w = grad.size(3);
   const Map<const scalar_t> inputs(input), grads(grad);
   const Map<const uint8_t> code_map(codes);
   const Map<scalar_t> grad_inputs(input_grad ? grad_input : input);
@@ -388,7 +419,7 @@ void backward_items(const at::Tensor& grad, const at::Tensor& input, const at::T
     for (int64_t p = it.first_p; p < it.last_p; ++p) {
       double even_row = 0, odd_row = 0;  // query rows 2p and 2p + 1, summed in registers
       for (int64_t q = 0; q < out_w; ++q) {
-        for (int64_t c = 0; c < lanes; ++c) {
+        for (int64_t c = 0; c < it.channel_count; ++c) {
           const uint8_t winner = code.channel(c)(p, q);
           const Plane<scalar_t> gx_c = gx.channel(c);
           const double row_term = backward_cell<scalar_t, aligned>(
@@ -425,10 +456,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
   at::Tensor grad_input = !input_grad ? at::empty({0}, input.options())
                           : aligned   ? at::empty_like(input)
                                       : at::empty_like(input).zero_();
-  const WorkSplit split{is_channels_last(input), input.size(0), input.size(1), grad.size(2)};
+  const bool channels_last = is_channels_last(input);
+  const bool channel_blocks = channels_last && !aligned;
+  const int64_t channel_block =
+      channel_blocks ? backward_channel_block(input.size(0), input.size(1), input.element_size()) : 0;
+  const WorkSplit split{channels_last, input.size(0), input.size(1), grad.size(2), channel_block};
   const int64_t items = split.items();
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
-  // one row of coordinate sums per chunk, added up in a fixed order: deterministic results
+  // one row of coordinate sums per chunk, added up in a fixed order: deterministic results; for
+  // channel blocks a chunk per item, so that the order does not depend on the thread count either
+  const int64_t chunks = std::max<int64_t>(1, channel_blocks ? items : std::min<int64_t>(at::get_num_threads(), items));
   std::vector<double> sums(chunks * (query_h + query_w), 0.0);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dynopool_max_backward", [&] {
