@@ -65,8 +65,8 @@ def test_help_imports_neither_torch_nor_nni(module):
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "dynopool_nas._checks" in imported  # the package was imported, and the CLI ran
     assert not {name.split(".")[0] for name in imported} & {"torch", "nni", "pytorch_lightning"}
-    assert {name for name in imported if name.startswith("strategies")} <= {"strategies", "strategies.commands",
-                                                                              "strategies.commands.cli"}
+    assert {name for name in imported if name.startswith("strategies")} <= {
+        "strategies", "strategies.commands", "strategies.commands.cli", "strategies.commands.settings"}
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from search_spaces.registry import space_of
 from strategies.commands.cli import main
 from strategies.commands.compare import candidate_models, is_at_chance, run_compare
 from strategies.commands.search import run_search
+from strategies.commands.settings import CompareSettings, SearchSettings
 from strategies.commands.trial import run_trial
 
 
@@ -24,8 +25,8 @@ def _quiet_nni():
 def searched(tmp_path_factory):
     """A one-epoch search at 13x13: odd sizes, so no DynOPool's query points are pixels."""
     folder = tmp_path_factory.mktemp("search") / "cells"
-    arch, _ = run_search("cells", "darts", "digits", epochs=1, output=folder, image_size=13, batch_size=32,
-                         max_train_images=128, seed=0, alpha_learning_rate=0.05)
+    arch, _ = run_search(SearchSettings(epochs=1, output=folder, image_size=13, batch_size=32, max_train_images=128,
+                                        seed=0, alpha_learning_rate=0.05))
     return folder, arch
 
 
@@ -43,8 +44,8 @@ def test_search_export_and_compare_report_one_mac_count(searched, tmp_path):
     folder, arch = searched
     gmacs = load_architecture(folder / "arch.json")["metrics"]["gmacs"]
     assert _one_count(arch) == (gmacs, gmacs)  # exactly, not approximately
-    table = run_compare([folder], tmp_path, epochs=1, image_size=13, batch_size=32, max_train_images=32,
-                        baselines=())
+    table = run_compare(CompareSettings([folder], tmp_path, epochs=1, image_size=13, batch_size=32,
+                                        max_train_images=32, baselines=()))
     assert table["gmacs"].tolist() == [gmacs]
 
 
@@ -107,5 +108,17 @@ def test_compare_refuses_an_architecture_whose_weights_were_not_written_with_it(
     result = shutil.copytree(folder, tmp_path / "result")
     (result / "weights.pt").write_bytes(b"from another run")
     with pytest.raises(ValueError, match=r"weights\.pt is not the file written with the rest"):
-        run_compare([result], tmp_path / "out", epochs=1, image_size=13, batch_size=32, baselines=())
+        run_compare(CompareSettings([result], tmp_path / "out", epochs=1, image_size=13, batch_size=32, baselines=()))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"seeds": []}, "seeds must be one or more different integers"),
+     ({"seeds": [1, 1]}, r"seeds must be one or more different integers, got \[1, 1\]"),
+     ({"baselines": ()}, "nothing to compare"), ({"lr": 0.0}, "lr must be a positive number")],
+)
+def test_compare_settings_refuse_what_no_comparison_can_run(changes, message):
+    with pytest.raises(ValueError, match=message):
+        CompareSettings(**changes)
+    assert CompareSettings(["a.json"], seeds=[2, 0]).seeds == (2, 0)

@@ -17,6 +17,7 @@ from search_spaces.registry import make_space, space_fields, space_of
 from strategies.commands.cli import main
 from strategies.commands.export import pareto_front, run_export, standalone_model
 from strategies.commands.search import run_search
+from strategies.commands.settings import SearchSettings
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +30,9 @@ def searched(tmp_path_factory):
     root = tmp_path_factory.mktemp("searches")
     models = {}
     for seed, space in ((0, "cells"), (1, "small_cnn")):
-        arch, model = run_search(space, "darts", "digits", epochs=1, output=root / space, image_size=12,
-                                 batch_size=32, max_train_images=128, seed=seed)
+        settings = SearchSettings(space=space, epochs=1, output=root / space, image_size=12, batch_size=32,
+                                  max_train_images=128, seed=seed)
+        arch, model = run_search(settings)
         models[space] = (arch, model)
     return root, models
 

@@ -11,6 +11,7 @@ from search_spaces.arch import build_model, load_architecture, load_weights, sav
 from search_spaces.registry import make_space
 from strategies.commands.cli import main
 from strategies.commands.search import run_search
+from strategies.commands.settings import SearchSettings
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +31,8 @@ def test_search_command_writes_an_architecture_and_weights(tmp_path, capsys):
 
 
 def test_exported_weights_load_into_the_rebuilt_model_and_compute_the_same(tmp_path):
-    arch, derived = run_search("cells", "darts", "digits", epochs=1, output=tmp_path, image_size=12,
-                               batch_size=32, max_train_images=128, gmacs_budget=6e-4)
+    arch, derived = run_search(SearchSettings(epochs=1, output=tmp_path, image_size=12, batch_size=32,
+                                              max_train_images=128, gmacs_budget=6e-4))
     rebuilt = build_model(make_space("cells", 10, 1), load_architecture(tmp_path / "arch.json"))
     rebuilt.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
     x = torch.randn(3, 1, 12, 12)
@@ -60,9 +61,9 @@ def test_bad_search_arguments_are_refused_before_any_work(tmp_path, capsys, argu
 def test_search_checks_its_output_and_training_subset_before_training(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UsageError, match="is a file, not a folder"):
-        run_search("cells", "darts", "digits", epochs=1, output=tmp_path / "file")
+        run_search(SearchSettings(epochs=1, output=tmp_path / "file"))
     with pytest.raises(UsageError, match="exceeds the 1438 training images"):
-        run_search("cells", "darts", "digits", epochs=1, output=tmp_path, max_train_images=2000)
+        run_search(SearchSettings(epochs=1, output=tmp_path, max_train_images=2000))
 
 
 @pytest.mark.parametrize("content", [b"", "half", b"not a checkpoint"], ids=["empty", "truncated", "foreign"])
@@ -99,3 +100,38 @@ def test_conflicting_constraints_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["search", "--gmacs-lambda", "1", "--gmacs-budget", "0.1"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_the_search_and_compare_flags_default_to_their_settings_defaults():
+    from strategies.commands.cli import _settings, build_parser
+    from strategies.commands.settings import CompareSettings
+
+    parser = build_parser()
+    assert _settings(SearchSettings, parser.parse_args(["search"])) == SearchSettings()
+    assert _settings(CompareSettings, parser.parse_args(["compare"])) == CompareSettings()
+    flags = ["search", "--lr", "0.1", "--alpha-lr", "0.2", "--gmacs-budget", "0.5", "--seed", "3"]
+    assert _settings(SearchSettings, parser.parse_args(flags)) == SearchSettings(
+        learning_rate=0.1, alpha_learning_rate=0.2, gmacs_budget=0.5, seed=3)
+
+
+def test_search_runs_the_strategies_its_settings_accept():
+    from strategies.commands.search import STRATEGIES
+    from strategies.commands.settings import STRATEGY_NAMES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"strategy": "enas"}, "unknown strategy 'enas'"), ({"epochs": 0}, "epochs must be at least 1, got 0"),
+     ({"max_train_images": 0}, "max_train_images must be at least 1"),
+     ({"alpha_learning_rate": float("nan")}, "alpha_learning_rate must be a positive number"),
+     ({"gmacs_lambda": 0.1, "gmacs_budget": 0.5}, "not both"), ({"placement": "inside"}, "placement must be one of")],
+)
+def test_search_settings_refuse_what_no_search_can_run(changes, message):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=message):
+        SearchSettings(**changes)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SearchSettings().epochs = 2  # type: ignore[misc]

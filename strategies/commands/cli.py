@@ -10,32 +10,37 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dynopool_nas import cli
 from dynopool_nas.cli import DATASETS, PLACEMENTS, Names, add_command, format_sizes, output_folder, positive_int
 
+from .settings import STRATEGY_NAMES, CompareSettings, SearchSettings
+
 __all__ = ["build_parser", "main"]
 
 SPACES = Names("search_spaces.registry", "SPACES")
+Settings = TypeVar("Settings", SearchSettings, CompareSettings)
+
+
+def _settings(kind: type[Settings], args: argparse.Namespace) -> Settings:
+    """``kind`` built from the parsed flags, one per field (a field no flag sets keeps its default)."""
+    return kind(**{field.name: getattr(args, field.name) for field in fields(kind) if hasattr(args, field.name)})
 
 
 def _search(args: argparse.Namespace) -> None:
     from .search import run_search
 
-    arch, _ = run_search(
-        args.space, args.strategy, args.dataset, args.epochs, args.output, data_dir=args.data_dir,
-        download=args.download, image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.lr,
-        alpha_learning_rate=args.alpha_lr, gmacs_lambda=args.gmacs_lambda, gmacs_budget=args.gmacs_budget,
-        max_train_images=args.max_train_images, seed=args.seed, placement=args.placement,
-    )
+    settings = _settings(SearchSettings, args)
+    arch, _ = run_search(settings)
     metrics = arch["metrics"]
-    print(f"search: {args.space} / {args.strategy} on {args.dataset}, {args.epochs} epochs")
+    print(f"search: {settings.space} / {settings.strategy} on {settings.dataset}, {settings.epochs} epochs")
     print(f"validation top-1 {metrics['default']:.2%} (supernet), derived architecture {metrics['gmacs'] * 1e3:.3f} "
           f"MMACs, {metrics['params']:,} parameters")
     print("feature maps:", format_sizes({name: tuple(size) for name, size in arch["sizes"].items()}))
-    print(f"architecture: {args.output / 'arch.json'}   weights: {args.output / 'weights.pt'}")
+    print(f"architecture: {settings.output / 'arch.json'}   weights: {settings.output / 'weights.pt'}")
 
 
 def _quick(args: argparse.Namespace) -> None:
@@ -56,12 +61,11 @@ def _export(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     from .compare import run_compare
 
-    table = run_compare(args.architectures, args.output, dataset=args.dataset, epochs=args.epochs,
-                        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, data_dir=args.data_dir,
-                        max_train_images=args.max_train_images, seeds=args.seeds)
+    settings = _settings(CompareSettings, args)
+    table = run_compare(settings)
     print(table.to_string(index=False))
-    print(f"table: {args.output / 'comparison.csv'}, {args.output / 'comparison.md'}; plot: "
-          f"{args.output / 'comparison.png'}")
+    print(f"table: {settings.output / 'comparison.csv'}, {settings.output / 'comparison.md'}; plot: "
+          f"{settings.output / 'comparison.png'}")
 
 
 def add_commands(commands: Any) -> None:
@@ -69,24 +73,27 @@ def add_commands(commands: Any) -> None:
     search = add_command(commands, "search", _search, "one-shot NNI search (DARTS / GumbelDARTS) with DynOPool")
     search.description += "; --space MODEL converts a model that macs lists"
     # No help text: argparse would list the spaces, and that imports NNI (MODEL: see macs --help).
-    search.add_argument("--space", default="cells", choices=SPACES, metavar="{cells,efficientnet,MODEL}")
-    search.add_argument("--strategy", default="darts", choices=("darts", "gumbel-darts"))
-    search.add_argument("--dataset", default="digits", choices=DATASETS, metavar="DATASET", help="%(choices)s")
+    search.add_argument("--space", default=SearchSettings.space, choices=SPACES, metavar="{cells,efficientnet,MODEL}")
+    search.add_argument("--strategy", default=SearchSettings.strategy, choices=STRATEGY_NAMES)
+    search.add_argument("--dataset", default=SearchSettings.dataset, choices=DATASETS, metavar="DATASET",
+                        help="%(choices)s")
     search.add_argument("--data-dir", help="folder of a real data set (cifar100, aircraft, imagefolder)")
     search.add_argument("--download", action="store_true", help="download the data set into --data-dir")
-    search.add_argument("--epochs", type=positive_int, default=5)
-    search.add_argument("--output", type=output_folder, default="runs/search")
-    search.add_argument("--image-size", type=positive_int, default=32)
-    search.add_argument("--batch-size", type=positive_int, default=64)
-    search.add_argument("--lr", type=float, default=0.01, help="learning rate of the weights (Adam)")
-    search.add_argument("--alpha-lr", type=float, default=0.01, help="learning rate of the DynOPool scales")
+    search.add_argument("--epochs", type=positive_int, default=SearchSettings.epochs)
+    search.add_argument("--output", type=output_folder, default=str(SearchSettings.output))
+    search.add_argument("--image-size", type=positive_int, default=SearchSettings.image_size)
+    search.add_argument("--batch-size", type=positive_int, default=SearchSettings.batch_size)
+    search.add_argument("--lr", type=float, default=SearchSettings.learning_rate, dest="learning_rate", metavar="LR",
+                        help="learning rate of the weights (Adam)")
+    search.add_argument("--alpha-lr", type=float, default=SearchSettings.alpha_learning_rate,
+                        dest="alpha_learning_rate", metavar="ALPHA_LR", help="learning rate of the DynOPool scales")
     constraint = search.add_mutually_exclusive_group()
     constraint.add_argument("--gmacs-lambda", type=float,
                             help="lambda of eq. 4.8, relative to the initial GMACs (loss the initial cost is worth)")
     constraint.add_argument("--gmacs-budget", type=float, help="target GMACs per image")
     search.add_argument("--max-train-images", type=positive_int, help="use only the first N training images")
-    search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--placement", default="after", choices=PLACEMENTS, metavar="PLACEMENT",
+    search.add_argument("--seed", type=int, default=SearchSettings.seed)
+    search.add_argument("--placement", default=SearchSettings.placement, choices=PLACEMENTS, metavar="PLACEMENT",
                         help="converted models (--space MODEL): DynOPool after a strided conv (eq. 5.2) or before "
                              "it: %(choices)s")
     quick = add_command(commands, "quick", _quick, "the quick-start nnictl experiment (experiments/quick.yml)")
@@ -103,15 +110,18 @@ def add_commands(commands: Any) -> None:
     export.add_argument("--front", action="store_true", help="export the accuracy/GMACs Pareto front, not the best")
     compare = add_command(commands, "compare", _compare, "discovered architectures vs EfficientNet-B0/B1, one recipe")
     compare.add_argument("architectures", nargs="*", type=Path, help="arch.json files or folders holding one")
-    compare.add_argument("--output", type=output_folder, default="runs/compare")
-    compare.add_argument("--dataset", default="digits", choices=DATASETS, metavar="DATASET", help="%(choices)s")
+    compare.add_argument("--output", type=output_folder, default=str(CompareSettings.output))
+    compare.add_argument("--dataset", default=CompareSettings.dataset, choices=DATASETS, metavar="DATASET",
+                         help="%(choices)s")
     compare.add_argument("--data-dir")
-    compare.add_argument("--epochs", type=positive_int, default=5)
-    compare.add_argument("--image-size", type=positive_int, default=32)
-    compare.add_argument("--batch-size", type=positive_int, default=64)
-    compare.add_argument("--lr", type=float, default=0.05)
+    compare.add_argument("--epochs", type=positive_int, default=CompareSettings.epochs)
+    compare.add_argument("--image-size", type=positive_int, default=CompareSettings.image_size)
+    compare.add_argument("--batch-size", type=positive_int, default=CompareSettings.batch_size)
+    compare.add_argument("--lr", type=float, default=CompareSettings.lr)
     compare.add_argument("--max-train-images", type=positive_int)
-    compare.add_argument("--seeds", type=int, nargs="+", default=[0], help="train every model once per seed")
+    compare.add_argument("--seeds", type=int, nargs="+", default=list(CompareSettings.seeds),
+                         help="train every model once per seed")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every ``dynopool-nas`` command."""

@@ -26,10 +26,10 @@ from search_spaces.arch import build_model, load_architecture
 from search_spaces.registry import space_of
 
 from .export import RESULT, load_result
+from .settings import BASELINES, CompareSettings
 
-__all__ = ["BASELINES", "candidate_models", "cpu_latency", "is_at_chance", "run_compare"]
+__all__ = ["candidate_models", "cpu_latency", "is_at_chance", "run_compare"]
 
-BASELINES = ("efficientnet_b0", "efficientnet_b1")
 COMPARISON = "comparison.csv"
 """The table a comparison writes; it also marks a folder a comparison may replace."""
 
@@ -132,41 +132,27 @@ def _markdown(table: pd.DataFrame, recipe: str, num_classes: int, val_images: in
             "architecture (too few epochs or images for it to learn).\n")
 
 
-def run_compare(
-    architectures: Sequence[str | Path],
-    output: str | Path,
-    *,
-    dataset: str = "digits",
-    epochs: int = 5,
-    image_size: int = 32,
-    batch_size: int = 64,
-    lr: float = 0.05,
-    data_dir: str | None = None,
-    max_train_images: int | None = None,
-    seeds: Sequence[int] = (0,),
-    baselines: Sequence[str] = BASELINES,
-) -> pd.DataFrame:
-    """Train the ``baselines`` (EfficientNet-B0, -B1) and every architecture (an ``arch.json`` or
-    a folder holding one) from scratch with the same recipe (SGD, cosine schedule, ``epochs``),
-    once per seed (initialization and data order; the validation split is the same for all);
-    the discovered ones keep their learned feature-map sizes (DynOPools frozen). Write to
-    ``output``, which is replaced as a whole: ``comparison.csv`` (top-1 mean, std and number of
-    seeds, whether it is at chance level, GMACs, parameters, CPU latency), ``comparison_runs.csv``
-    (every run), ``comparison.md`` and ``comparison.png`` (both with the recipe); return the table."""
-    seeds = list(seeds)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be one or more different integers, got {seeds}")
-    discovered = [_architecture(source) for source in architectures]
-    if not discovered and not baselines:
-        raise ValueError("nothing to compare: give an architecture or keep the baselines")
-    with atomic_folder(output, marker=COMPARISON) as building:
-        splits = load_dataset(dataset, image_size=image_size, root=data_dir, seed=seeds[0])
-        train = train_subset(splits.train, max_train_images, batch_size)
+def run_compare(settings: CompareSettings) -> pd.DataFrame:
+    """Train the baselines (EfficientNet-B0, -B1) and every architecture (an ``arch.json`` or a
+    folder holding one) of ``settings`` from scratch with the same recipe (SGD, cosine schedule,
+    ``settings.epochs``), once per seed (initialization and data order; the validation split is
+    the same for all); the discovered ones keep their learned feature-map sizes (DynOPools
+    frozen). Write to ``settings.output``, which is replaced as a whole: ``comparison.csv``
+    (top-1 mean, std and number of seeds, whether it is at chance level, GMACs, parameters, CPU
+    latency), ``comparison_runs.csv`` (every run), ``comparison.md`` and ``comparison.png`` (both
+    with the recipe); return the table."""
+    discovered = [_architecture(source) for source in settings.architectures]
+    seeds, epochs, lr, batch_size = list(settings.seeds), settings.epochs, settings.lr, settings.batch_size
+    dataset, image_size = settings.dataset, settings.image_size
+    with atomic_folder(settings.output, marker=COMPARISON) as building:
+        splits = load_dataset(dataset, image_size=image_size, root=settings.data_dir, seed=seeds[0])
+        train = train_subset(splits.train, settings.max_train_images, batch_size)
         input_size = (splits.in_chans, image_size, image_size)
         rows: list[dict[str, Any]] = []
         measured: dict[str, dict[str, Any]] = {}
         for seed in seeds:
-            models = candidate_models(discovered, splits.num_classes, input_size, baselines=baselines, seed=seed)
+            models = candidate_models(discovered, splits.num_classes, input_size, baselines=settings.baselines,
+                                      seed=seed)
             for name, model in models.items():
                 top1 = _train(model, train, splits.val, input_size, seed=seed, epochs=epochs, lr=lr,
                               batch_size=batch_size)

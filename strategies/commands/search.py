@@ -7,7 +7,6 @@ from search_spaces import _nni  # noqa: F401  (first: NNI quietly, with the pack
 # isort: split
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,16 +17,18 @@ from dynopool_nas import load_dataset
 from dynopool_nas._checks import train_subset, writable_folder
 from dynopool_nas._quiet import quiet
 from dynopool_nas._utils import write_together
-from dynopool_nas.convert import Placement
 from search_spaces.arch import build_model, save_architecture, save_weights
 from search_spaces.registry import make_space, space_fields
 from strategies.constraint import GMACsConstraint
 from strategies.darts import DynOPoolDARTS, DynOPoolGumbelDARTS
 from strategies.export import export_architecture
 
+from .settings import SearchSettings
+
 __all__ = ["STRATEGIES", "run_search"]
 
 STRATEGIES = {"darts": DynOPoolDARTS, "gumbel-darts": DynOPoolGumbelDARTS}
+"""The strategies by the names of :data:`~strategies.commands.settings.STRATEGY_NAMES`."""
 
 
 def _run_to_the_end(experiment: NasExperiment) -> None:
@@ -46,51 +47,32 @@ def _run_to_the_end(experiment: NasExperiment) -> None:
         raise KeyboardInterrupt
 
 
-def run_search(
-    space: str,
-    strategy: str,
-    dataset: str,
-    epochs: int,
-    output: str | Path,
-    *,
-    data_dir: str | None = None,
-    download: bool = False,
-    image_size: int = 32,
-    batch_size: int = 64,
-    learning_rate: float = 0.01,
-    alpha_learning_rate: float = 0.01,
-    gmacs_lambda: float | None = None,
-    gmacs_budget: float | None = None,
-    max_train_images: int | None = None,
-    seed: int = 0,
-    placement: Placement = "after",
-) -> tuple[dict[str, Any], torch.nn.Module]:
-    """Search ``space`` with ``strategy`` on ``dataset``; write ``output/arch.json`` and the derived
-    model's weights ``output/weights.pt`` (taken from the supernet); return both."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    output = writable_folder(output)
-    torch.manual_seed(seed)
-    splits = load_dataset(dataset, image_size=image_size, root=data_dir, download=download, seed=seed)
-    train = train_subset(splits.train, max_train_images, batch_size)
+def run_search(settings: SearchSettings) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Search ``settings.space`` with ``settings.strategy`` on ``settings.dataset``; write
+    ``arch.json`` and the derived model's weights ``weights.pt`` (taken from the supernet) to
+    ``settings.output``; return both."""
+    output = writable_folder(settings.output)
+    torch.manual_seed(settings.seed)
+    splits = load_dataset(settings.dataset, image_size=settings.image_size, root=settings.data_dir,
+                          download=settings.download, seed=settings.seed)
+    train = train_subset(splits.train, settings.max_train_images, settings.batch_size)
     constraint = None
-    if gmacs_lambda is not None or gmacs_budget is not None:
-        constraint = GMACsConstraint(lam=gmacs_lambda, budget=gmacs_budget)
-    search_space = make_space(space, splits.num_classes, splits.in_chans, placement)
+    if settings.gmacs_lambda is not None or settings.gmacs_budget is not None:
+        constraint = GMACsConstraint(lam=settings.gmacs_lambda, budget=settings.gmacs_budget)
+    search_space = make_space(settings.space, splits.num_classes, splits.in_chans, settings.placement)
     evaluator = Classification(
-        train_dataloaders=DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True),
+        train_dataloaders=DataLoader(train, batch_size=settings.batch_size, shuffle=True, drop_last=True),
         val_dataloaders=DataLoader(splits.val, batch_size=256),
-        max_epochs=epochs, num_classes=splits.num_classes, learning_rate=learning_rate,
+        max_epochs=settings.epochs, num_classes=splits.num_classes, learning_rate=settings.learning_rate,
         enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
     )
-    search = STRATEGIES[strategy](
-        input_size=(splits.in_chans, image_size, image_size), alpha_learning_rate=alpha_learning_rate,
-        constraint=constraint,
+    search = STRATEGIES[settings.strategy](
+        input_size=(splits.in_chans, settings.image_size, settings.image_size),
+        alpha_learning_rate=settings.alpha_learning_rate, constraint=constraint,
     )
     _run_to_the_end(NasExperiment(search_space, evaluator, search))
-    arch = export_architecture(search) | space_fields(space, placement) | {"num_classes": splits.num_classes}
+    arch = (export_architecture(search) | space_fields(settings.space, settings.placement)
+            | {"num_classes": splits.num_classes})
     model = build_model(search.supernet, arch)
     write_together(output, {"arch.json": lambda path: save_architecture(arch, path),
                             "weights.pt": lambda path: save_weights(model, path)})
