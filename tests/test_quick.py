@@ -1,7 +1,12 @@
 """``dynopool-nas quick`` without starting NNI: the trial command it runs and its refusals."""
 
 import shlex
+import shutil
+import subprocess
 import sys
+import zipfile
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +52,39 @@ def test_unwritable_output_is_refused_before_nni_starts(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="lies under the file"):
         run_quick(tmp_path / "file" / "quick")
+
+
+def test_quick_runs_the_config_shipped_in_the_package_which_experiments_links_to():
+    packaged = resources.files("strategies.commands") / "configs"
+    assert Path(str(packaged / "quick.yml")) == QUICK_CONFIG
+    assert (packaged / "quick.yml").read_text() == QUICK_CONFIG.read_text()
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    for name in ("quick.yml", "quick_space.json"):
+        assert (experiments / name).resolve() == Path(str(packaged / name)), name
+
+
+def test_the_quick_trial_program_runs_as_a_module_of_the_package():
+    import yaml
+
+    command = shlex.split(yaml.safe_load(QUICK_CONFIG.read_text())["trialCommand"])
+    assert command[1:3] == ["-m", "strategies.commands.trial"]  # needs no file beside the config
+    done = subprocess.run([sys.executable, *command[1:3], "--help"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0 and "--epochs" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_the_quick_config(tmp_path):
+    root, source = Path(__file__).resolve().parents[1], tmp_path / "source"
+    for name in ("dynopool_nas", "search_spaces", "strategies"):  # built from a copy: no build/ in the checkout
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "build"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
+                            str(tmp_path), str(source)], capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("dynopool_nas-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        for name in ("quick.yml", "quick_space.json"):
+            shipped = archive.read(f"strategies/commands/configs/{name}").decode()
+            assert shipped == (QUICK_CONFIG.parent / name).read_text(), name

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from dynopool_nas._utils import CHECKSUMS, atomic_write
 
 __all__ = ["QUICK_CONFIG", "results_table", "run_quick", "trial_command"]
 
-QUICK_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "quick.yml"
-"""The quick experiment's config in a source checkout (a wheel does not carry ``experiments/``)."""
+QUICK_CONFIG = Path(str(resources.files("strategies.commands") / "configs" / "quick.yml"))
+"""The quick experiment's config, package data of :mod:`strategies.commands` (in a wheel as in a
+source checkout, where ``experiments/quick.yml`` links to it), beside its ``quick_space.json``."""
 
 _FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 
@@ -45,8 +47,9 @@ def _nnictl(*arguments: str) -> subprocess.CompletedProcess:
 
 
 def trial_command(command: str, *, python: str = sys.executable, epochs: int | None = None) -> str:
-    """``command`` (a config's ``trialCommand``, ``python trial.py ...``) run by ``python``, with
-    its ``--epochs`` set to ``epochs`` (added if absent)."""
+    """``command`` (a config's ``trialCommand``, ``python -m strategies.commands.trial ...`` or
+    ``python trial.py ...``) run by ``python``, with its ``--epochs`` set to ``epochs`` (added if
+    absent)."""
     words = shlex.split(command)
     if not words or not Path(words[0]).name.startswith("python"):
         raise ValueError(f"the config's trialCommand must start with python, got {command!r}")
@@ -63,8 +66,8 @@ def trial_command(command: str, *, python: str = sys.executable, epochs: int | N
 def _read_config(config: Path) -> dict[str, Any]:
     if not config.is_file():
         raise FileNotFoundError(
-            f"no nnictl config at {config}: quick runs experiments/quick.yml of a source checkout of dynopool-nas "
-            "(pip install -e .), which a wheel does not carry; pass --config to run another"
+            f"no nnictl config at {config}; pass --config a quick-style nnictl config, or leave it out to run the "
+            "quick experiment that dynopool-nas ships (experiments/quick.yml)"
         )
     settings = yaml.safe_load(config.read_text())
     missing = [key for key in ("trialCommand", "searchSpaceFile", "maxTrialNumber") if key not in (settings or {})]

@@ -6,6 +6,9 @@ choices, trains it with every DynOPool learning its scale inside the trial, and 
 ``'default'`` (validation top-1) with ``'gmacs'``, ``'params'`` and the feature-map sizes after
 every epoch and at the end. The trained architecture and weights go to the trial's output
 folder (``NNI_OUTPUT_DIR``), for ``dynopool-nas export``.
+
+nnictl runs it as ``python -m strategies.commands.trial --space ... --epochs ...`` (:func:`main`),
+or through ``experiments/trial.py``, which the configs of ``experiments/`` name.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from search_spaces import _nni  # noqa: F401  (first: NNI quietly, with the pack
 
 # isort: split
 
+import argparse
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +28,18 @@ import nni
 import torch
 from torch.utils.data import DataLoader
 
-from dynopool_nas import GMACsCost, dynopool_layers, load_dataset
+from dynopool_nas import DATASETS, GMACsCost, dynopool_layers, load_dataset
 from dynopool_nas._checks import train_subset
 from dynopool_nas._quiet import quiet
 from dynopool_nas._utils import write_together
-from dynopool_nas.convert import Placement
+from dynopool_nas.convert import PLACEMENTS, Placement
 from dynopool_nas.train import EpochResult, fit
 from search_spaces.arch import architecture_record, save_architecture, save_weights
-from search_spaces.registry import make_space, space_fields
+from search_spaces.registry import SPACES, make_space, space_fields
 from strategies.constraint import GMACsConstraint
 from strategies.report import trial_metrics
 
-__all__ = ["SETTINGS", "run_trial"]
+__all__ = ["SETTINGS", "main", "run_trial"]
 
 SETTINGS = {
     "gmacs_lambda": 0.0,  # lambda of eq. 4.8, relative to the initial GMACs
@@ -117,3 +123,35 @@ def run_trial(
     write_together(output, {"arch.json": lambda path: save_architecture(arch, path),
                             "weights.pt": lambda path: save_weights(model, path)})
     return history[-1]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The trial program: reads the tuner's parameters, trains the chosen architecture with
+    DynOPool learning its scales (:func:`run_trial`), reports to NNI."""
+    parser = argparse.ArgumentParser(prog="python -m strategies.commands.trial", description=main.__doc__)
+    parser.add_argument("--space", default="cells", choices=SPACES)
+    parser.add_argument("--dataset", default="digits", choices=DATASETS)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--devices", type=int, default=1, help="GPUs (or CPU processes) per trial: DDP when > 1")
+    parser.add_argument("--accelerator", default="auto", help="auto, gpu or cpu")
+    parser.add_argument("--placement", default="after", choices=PLACEMENTS,
+                        help="converted models: DynOPool after a strided conv (eq. 5.2) or before it")
+    args = parser.parse_args(argv)
+    params = nni.get_next_parameter() or {}
+    try:
+        final = run_trial(params, space=args.space, dataset=args.dataset, epochs=args.epochs,
+                          image_size=args.image_size, batch_size=args.batch_size, data_dir=args.data_dir,
+                          devices=args.devices, accelerator=args.accelerator, placement=args.placement)
+    except Exception as error:
+        print(f"trial failed with parameters {params}: {type(error).__name__}: {error}", file=sys.stderr)
+        raise
+    if final:
+        print(f"trial finished: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
