@@ -1,7 +1,5 @@
 """A real ``nnictl create`` experiment on the local training service, on loopback."""
 
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -9,22 +7,12 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from nni.experiment import Experiment
+
+from strategies.commands.nnictl import create_experiment, free_port, stop_experiment
 
 pytestmark = pytest.mark.slow  # real nnictl experiments
 
 REPO = Path(__file__).resolve().parents[1]
-NNICTL = Path(sys.executable).with_name("nnictl")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _nnictl(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(NNICTL), *arguments], capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture()
@@ -46,10 +34,8 @@ def experiment_config(tmp_path):
 
 
 def test_quick_config_runs_with_nnictl_and_reports_gmacs(experiment_config):
-    port = _free_port()
-    created = _nnictl("create", "--config", str(experiment_config), "--port", str(port))
-    assert created.returncode == 0, created.stderr
-    experiment = Experiment.connect(port)
+    port = free_port()
+    experiment = create_experiment(experiment_config, port)
     try:
         # What the README says: NNI 3.0 serves its web UI and REST API on every interface, with no option to bind.
         listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
@@ -72,7 +58,7 @@ def test_quick_config_runs_with_nnictl_and_reports_gmacs(experiment_config):
         stderr = next(experiment_config.parent.glob(f"work/*/environments/*/trials/{failed.trialJobId}/trial.stderr"))
         assert "setting 'scale' must be a positive" in stderr.read_text()
     finally:
-        stopped = _nnictl("stop", experiment.id)
+        stopped = stop_experiment(experiment)
     assert stopped.returncode == 0 and "success" in (stopped.stdout + stopped.stderr).lower()
 
 

@@ -6,11 +6,8 @@ from search_spaces import _nni  # noqa: F401  (first: NNI quietly, with the pack
 
 # isort: split
 
-import os
 import shlex
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from importlib import resources
@@ -24,6 +21,8 @@ from tqdm import tqdm
 from dynopool_nas._checks import writable_folder
 from dynopool_nas._utils import CHECKSUMS, atomic_write
 
+from .nnictl import create_experiment, free_port, stop_experiment
+
 __all__ = ["QUICK_CONFIG", "results_table", "run_quick", "trial_command"]
 
 QUICK_CONFIG = Path(str(resources.files("strategies.commands") / "configs" / "quick.yml"))
@@ -31,19 +30,6 @@ QUICK_CONFIG = Path(str(resources.files("strategies.commands") / "configs" / "qu
 source checkout, where ``experiments/quick.yml`` links to it), beside its ``quick_space.json``."""
 
 _FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _nnictl(*arguments: str) -> subprocess.CompletedProcess:
-    nnictl = Path(sys.executable).with_name("nnictl")
-    quiet = {**os.environ, "PYTHONWARNINGS": "ignore:pkg_resources is deprecated:UserWarning"}
-    return subprocess.run([str(nnictl), *arguments], capture_output=True, text=True, timeout=180, check=False,
-                          env=quiet)
 
 
 def trial_command(command: str, *, python: str = sys.executable, epochs: int | None = None) -> str:
@@ -115,8 +101,6 @@ def run_quick(
 ) -> pd.DataFrame:
     """Start the quick experiment, wait for it, print the results, copy the best trial's
     ``arch.json`` and ``weights.pt`` to ``output/best``; stop the experiment unless ``keep``."""
-    from nni.experiment import Experiment
-
     output = writable_folder(output).resolve()
     config = Path(config).resolve()
     settings = _read_config(config)
@@ -130,12 +114,8 @@ def run_quick(
         settings["maxTrialNumber"] = max_trials
     output.mkdir(parents=True, exist_ok=True)
     run_config = atomic_write(output / "quick.yml", lambda path: path.write_text(yaml.safe_dump(settings)))
-    port = port or _free_port()
-    created = _nnictl("create", "--config", str(run_config), "--port", str(port))
-    if created.returncode != 0:
-        reason = " ".join((created.stderr or created.stdout).split())[-600:]
-        raise RuntimeError(f"nnictl create --config {run_config} failed: {reason}")
-    experiment = Experiment.connect(port)
+    port = port or free_port()
+    experiment = create_experiment(run_config, port)
     print(f"NNI web UI: http://127.0.0.1:{port}  (experiment {experiment.id}; NNI serves it, and the REST API that "
           "starts and stops trials, on every network interface of this machine)", flush=True)
     try:
@@ -143,7 +123,7 @@ def run_quick(
         table = results_table(experiment)
     finally:
         if not keep:
-            _nnictl("stop", experiment.id)
+            stop_experiment(experiment)
     print(table.to_string(index=False))
     best = table[table["status"] == "SUCCEEDED"].head(1)
     if len(best):
