@@ -26,6 +26,7 @@
 #include <limits>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -89,62 +90,35 @@ struct Map {
 // take NCHW-contiguous or channels-last-contiguous inputs (the caller makes any other layout
 // contiguous) and split the work into items over contiguous memory:
 //   NCHW           item (n, c): a plane, every output row of one channel;
-//   channels-last  item (n, p): an output row, all channels (the innermost axis);
-//   channels-last backward off the pixel grid (channel_block > 0): item (n, block of channels),
-//                  every output row. Off the grid neighbouring output rows add into the same
-//                  input rows, so items of output rows on two threads would add into the same
-//                  pixels at once (and lose additions); items of disjoint channels never share
-//                  an input-gradient value. The blocks do not depend on the thread count (see
-//                  backward_channel_block), nor, with them, the order of the coordinate sums.
-// Either way an item is a range of output rows of `channel_count` channels from the plane
-// (n, first channel), and a row of a contiguous map holds `lanes` values per pixel (1 for NCHW,
-// C for channels-last), channel c of pixel q at q * lanes + c.
+//   channels-last  item (n, band): `band_rows` output rows (one but in the backward pass off the
+//                  pixel grid, see backward_band_rows), all channels (the innermost axis).
+// Either way an item is a range of output rows of the plane (n, first channel), and a row of a
+// contiguous map holds `lanes` values per pixel (1 for NCHW, C for channels-last), channel c of
+// pixel q at q * lanes + c.
 struct WorkSplit {
   bool channels_last;
   int64_t batch, channels, out_h;
-  int64_t channel_block = 0;  // channels-last: channels per item of every output row, if > 0
+  int64_t band_rows = 1;  // channels-last: output rows per item
 
   struct Item {
     int64_t n, channel;       // the batch index and the first channel
-    int64_t channel_count;    // the channels [channel, channel + channel_count)
     int64_t first_p, last_p;  // the output rows [first_p, last_p)
   };
 
-  int64_t blocks() const { return (channels + channel_block - 1) / channel_block; }
+  int64_t bands() const { return (out_h + band_rows - 1) / band_rows; }
 
-  int64_t items() const {
-    if (!channels_last) {
-      return batch * channels;
-    }
-    return batch * (channel_block > 0 ? blocks() : out_h);
-  }
+  int64_t items() const { return batch * (channels_last ? bands() : channels); }
 
   int64_t lanes() const { return channels_last ? channels : 1; }
 
   Item operator[](int64_t item) const {
-    if (!channels_last) {
-      return {item / channels, item % channels, 1, 0, out_h};
+    if (channels_last) {
+      const int64_t first = item % bands() * band_rows;
+      return {item / bands(), 0, first, std::min(out_h, first + band_rows)};
     }
-    if (channel_block > 0) {
-      const int64_t first = item % blocks() * channel_block;
-      return {item / blocks(), first, std::min(channel_block, channels - first), 0, out_h};
-    }
-    return {item / out_h, 0, channels, item % out_h, item % out_h + 1};
+    return {item / channels, item % channels, 0, out_h};
   }
 };
-
-// Channels per item of the channels-last backward pass off the pixel grid: about 16 items per
-// call to share among the threads, each of whole pairs of 64-byte cache lines per pixel (the
-// hardware fetches lines in pairs: single-line blocks of 32 float channels made one thread
-// about 1.4 times slower than whole pixels). It depends on the shape and the element size, never
-// on the thread count, so that every thread count adds the coordinate sums in the same order.
-int64_t backward_channel_block(int64_t batch, int64_t channels, int64_t element_size) {
-  constexpr int64_t target_items = 16, line_pair_bytes = 128;
-  const int64_t line_pair = std::max<int64_t>(1, line_pair_bytes / element_size);
-  const int64_t blocks_per_image = (target_items - 1) / std::max<int64_t>(1, batch) + 1;
-  const int64_t block = (channels + blocks_per_image - 1) / blocks_per_image;
-  return std::max<int64_t>(1, std::min(channels, (block + line_pair - 1) / line_pair * line_pair));
-}
 
 // The largest of four and its position: the first maximum wins and NaN propagates (the last
 // NaN wins), as in max_pool2d. Branch-free, so that loops over channels vectorize and random
@@ -245,6 +219,49 @@ bool pixel_aligned(const Taps& taps, int64_t in_size) {
     }
   }
   return true;
+}
+
+// Whether bands of `band_rows` output rows, every other band taken (the even bands, or the odd
+// ones), add into disjoint input rows: an output row's input gradient lands on the taps of its
+// two query rows. The query rows need not increase: the bands' spans are sorted first.
+bool alternate_bands_apart(const Taps& row_taps, int64_t out_h, int64_t band_rows) {
+  const int64_t bands = (out_h + band_rows - 1) / band_rows;
+  for (int64_t phase = 0; phase < 2; ++phase) {
+    std::vector<std::pair<int64_t, int64_t>> spans;  // the input rows [first, last] of each band
+    for (int64_t band = phase; band < bands; band += 2) {
+      std::pair<int64_t, int64_t> span{std::numeric_limits<int64_t>::max(), -1};
+      for (int64_t k = 2 * band * band_rows; k < 2 * std::min(out_h, (band + 1) * band_rows); ++k) {
+        span.first = std::min(span.first, row_taps.lower[k]);
+        span.second = std::max(span.second, row_taps.upper[k]);  // upper >= lower
+      }
+      spans.push_back(span);
+    }
+    std::sort(spans.begin(), spans.end());
+    for (size_t i = 1; i < spans.size(); ++i) {
+      if (spans[i].first <= spans[i - 1].second) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+// Output rows per item of the channels-last backward pass off the pixel grid. Neighbouring
+// output rows add into the same input rows there, so items of single rows on two threads would
+// add into the same pixels at once (and lose additions). The rows are banded instead, about 16
+// items per call, and the bands are run in two phases, the even bands, then the odd ones, each
+// band wide enough that the bands of one phase never share an input row (at most two bands per
+// image always qualify). The bands depend on the shape and the query rows, never on the thread
+// count: each pixel's additions come in the same order on any number of threads, and so do the
+// coordinate sums, one set per item, added in item order.
+int64_t backward_band_rows(const Taps& row_taps, int64_t batch, int64_t out_h) {
+  constexpr int64_t target_items = 16;
+  const int64_t bands = (target_items - 1) / std::max<int64_t>(1, batch) + 1;
+  int64_t band_rows = std::max<int64_t>(1, (out_h + bands - 1) / bands);
+  while ((out_h + band_rows - 1) / band_rows > 2 && !alternate_bands_apart(row_taps, out_h, band_rows)) {
+    band_rows *= 2;
+  }
+  return band_rows;
 }
 
 // Interpolation weights in the kernel's arithmetic type.
@@ -399,15 +416,15 @@ inline double backward_cell(const Plane<const scalar_t>& x, const Plane<scalar_t
   return static_cast<double>(g * ((1 - wc) * (x10 - x00) + wc * (x11 - x01)));
 }
 
-// The backward pass of the items [begin, end): no two items add into the same input-gradient
-// value (NCHW items are planes, channels-last items off the pixel grid blocks of channels, and
-// on the pixel grid every pixel is written once), so items run on any threads at once.
+// The backward pass of the items [begin, end). Items that run at once never add into the same
+// input-gradient value: NCHW items are planes, on the pixel grid every pixel is written once,
+// and channels-last items off the grid run in two phases of bands apart (backward_band_rows).
 template <typename scalar_t, bool aligned>
 void backward_items(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& codes,
                     const at::Tensor& grad_input, bool input_grad, const Taps& row_taps, const Taps& col_taps,
                     const WorkSplit& split, int64_t begin, int64_t end, double* row_sums, double* col_sums) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t out_w = grad.size(3);
+  const int64_t out_w = grad.size(3), lanes = split.lanes();
   const Map<const scalar_t> inputs(input), grads(grad);
   const Map<const uint8_t> code_map(codes);
   const Map<scalar_t> grad_inputs(input_grad ? grad_input : input);
@@ -419,7 +436,7 @@ void backward_items(const at::Tensor& grad, const at::Tensor& input, const at::T
     for (int64_t p = it.first_p; p < it.last_p; ++p) {
       double even_row = 0, odd_row = 0;  // query rows 2p and 2p + 1, summed in registers
       for (int64_t q = 0; q < out_w; ++q) {
-        for (int64_t c = 0; c < it.channel_count; ++c) {
+        for (int64_t c = 0; c < lanes; ++c) {
           const uint8_t winner = code.channel(c)(p, q);
           const Plane<scalar_t> gx_c = gx.channel(c);
           const double row_term = backward_cell<scalar_t, aligned>(
@@ -456,18 +473,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_backward_cpu(
   at::Tensor grad_input = !input_grad ? at::empty({0}, input.options())
                           : aligned   ? at::empty_like(input)
                                       : at::empty_like(input).zero_();
-  const bool channels_last = is_channels_last(input);
-  const bool channel_blocks = channels_last && !aligned;
-  const int64_t channel_block =
-      channel_blocks ? backward_channel_block(input.size(0), input.size(1), input.element_size()) : 0;
-  const WorkSplit split{channels_last, input.size(0), input.size(1), grad.size(2), channel_block};
+  const bool channels_last = is_channels_last(input), banded = channels_last && !aligned;
+  const int64_t band_rows = banded ? backward_band_rows(row_taps, input.size(0), grad.size(2)) : 1;
+  const WorkSplit split{channels_last, input.size(0), input.size(1), grad.size(2), band_rows};
   const int64_t items = split.items();
   // one row of coordinate sums per chunk, added up in a fixed order: deterministic results; for
-  // channel blocks a chunk per item, so that the order does not depend on the thread count either
-  const int64_t chunks = std::max<int64_t>(1, channel_blocks ? items : std::min<int64_t>(at::get_num_threads(), items));
+  // bands a chunk per item, so that the order does not depend on the thread count either
+  const int64_t chunks = std::max<int64_t>(1, banded ? items : std::min<int64_t>(at::get_num_threads(), items));
   std::vector<double> sums(chunks * (query_h + query_w), 0.0);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dynopool_max_backward", [&] {
+    if (banded) {
+      const int64_t bands = split.bands();
+      for (int64_t phase = 0; phase < 2; ++phase) {  // the even bands of every image, then the odd
+        const int64_t phase_bands = (bands - phase + 1) / 2;
+        at::parallel_for(0, split.batch * phase_bands, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t item = i / phase_bands * bands + 2 * (i % phase_bands) + phase;
+            double* row_sums = sums.data() + item * (query_h + query_w);
+            backward_items<scalar_t, false>(grad, input, codes, grad_input, input_grad, row_taps, col_taps, split,
+                                            item, item + 1, row_sums, row_sums + query_h);
+          }
+        });
+      }
+      return;
+    }
     at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
       for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
         double* row_sums = sums.data() + chunk * (query_h + query_w);
