@@ -13,7 +13,7 @@ from reference import reference_dynopool, reference_layer
 from test_layer import _layer, backward_path, kernels  # noqa: F401  (fixtures)
 
 from dynopool_nas import _extension
-from dynopool_nas.ops import pool_queries
+from dynopool_nas.ops import pool_queries, query_coordinates
 
 # query coordinates (input pixels) of 4 query rows in 5 and 4 query columns in 6, none on a
 # pixel (a kink of the bilinear map) and none on the border; 4 != 5 and 4 != 6 (not r = 1/2)
@@ -210,3 +210,82 @@ def test_the_layer_with_nan_input_keeps_finite_cells_finite(backward_path):  # n
     out = _layer((1 / 0.6, 1 / 0.45))(x)
     assert 0 < out.isnan().sum() <= 4  # the cells whose queries read the pixel, not its whole row
 
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for one test (the suite runs with one), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _channels_last(*shape: int, seed: int = 0) -> torch.Tensor:
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_gradients_on_two_threads_match_the_reference(kernels, two_threads):  # noqa: F811
+    """Off the pixel grid, neighbouring output rows add into the same input rows: threads that
+    split a channels-last map by output rows lost additions to the input gradient (up to 1.5 on
+    entries of 3.6). The kernels' input and size gradients, 50 backward passes in a row, against
+    grid_sample in float64."""
+    x = _channels_last(1, 256, 5, 64)  # two output rows, one per thread, that share input row 2
+    continuous = [s * r for s, r in zip(x.shape[2:], (0.43, 0.61))]
+    sizes = [torch.tensor(size, dtype=torch.float64, requires_grad=True) for size in continuous]
+    out_size = [round(size) for size in continuous]
+    x_ref = x.clone().requires_grad_(True)
+    ref = reference_dynopool(x_ref, *sizes, *out_size)
+    upstream = _channels_last(*ref.shape, seed=1)
+    (ref * upstream).sum().backward()
+    rows, cols = (query_coordinates(s, o, size) for s, o, size in zip(x.shape[2:], out_size, sizes))
+    for coords, s in zip((rows, cols), x.shape[2:]):  # no query on a pixel, a kink of the bilinear map
+        inside = coords[(coords > 0) & (coords < s - 1)].detach()
+        assert (inside - inside.round()).abs().min() > 1e-3
+    values, codes = torch.ops.dynopool_nas.max_forward(x, rows.detach(), cols.detach())
+    assert torch.allclose(values, ref, atol=1e-12, rtol=0)
+    results = [torch.ops.dynopool_nas.max_backward(upstream, x, codes, rows.detach(), cols.detach(), True)
+               for _ in range(50)]
+    torch.set_num_threads(1)  # the comparisons: a busy machine makes each parallel op slow
+    for grad_x, grad_rows, grad_cols in results:
+        assert torch.allclose(grad_x, x_ref.grad, atol=1e-12, rtol=0)
+        grad_sizes = torch.autograd.grad([rows, cols], sizes, [grad_rows, grad_cols], retain_graph=True)
+        for got, expected in zip(grad_sizes, sizes):
+            assert torch.allclose(got, expected.grad, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("shape", "scale", "reverse"),
+    [((1, 256, 8, 64), (0.43, 0.61), False), ((2, 64, 24, 20), (1.7, 0.9), False),
+     ((2, 64, 8, 20), (2.7, 0.9), False), ((1, 128, 30, 16), (0.61, 0.43), True)],
+    ids=["down", "up", "dense-rows", "unordered-rows"],
+)
+def test_channels_last_backward_is_the_same_on_one_and_two_threads(
+    shape, scale, reverse, kernels, two_threads  # noqa: F811
+):
+    """The channels-last backward pass off the pixel grid gives bit-for-bit the same three
+    gradients on one thread and on two (20 times), and the NCHW kernel's up to rounding: query
+    rows so dense that bands of output rows must widen until alternate bands share no input row
+    (dense-rows), and query rows in decreasing order, which the op accepts (unordered-rows)."""
+    x = _channels_last(*shape)
+    rows, cols = (
+        query_coordinates(size, round(size * r), torch.tensor(size * r, dtype=torch.float64))
+        for size, r in zip(shape[2:], scale)
+    )
+    rows = rows.flip(0) if reverse else rows
+    values, codes = torch.ops.dynopool_nas.max_forward(x, rows, cols)
+    grad = _channels_last(*values.shape, seed=1)
+    plain_codes = torch.ops.dynopool_nas.max_forward(x.contiguous(), rows, cols)[1]
+    assert torch.equal(plain_codes, codes)
+    planes = torch.ops.dynopool_nas.max_backward(grad.contiguous(), x.contiguous(), plain_codes, rows, cols, True)
+    torch.set_num_threads(1)
+    single = torch.ops.dynopool_nas.max_backward(grad, x, codes, rows, cols, True)
+    torch.set_num_threads(2)
+    for expected, got in zip(planes, single):
+        assert torch.allclose(got, expected, atol=1e-12, rtol=1e-12)
+    doubles = [torch.ops.dynopool_nas.max_backward(grad, x, codes, rows, cols, True) for _ in range(20)]
+    torch.set_num_threads(1)
+    for double in doubles:
+        assert all(torch.equal(got, expected) for got, expected in zip(double, single))
+        assert all(torch.allclose(got, expected, atol=1e-12, rtol=1e-12) for got, expected in zip(double, planes))
