@@ -122,3 +122,26 @@ def test_compare_settings_refuse_what_no_comparison_can_run(changes, message):
     with pytest.raises(ValueError, match=message):
         CompareSettings(**changes)
     assert CompareSettings(["a.json"], seeds=[2, 0]).seeds == (2, 0)
+
+
+def test_compare_reports_test_top1_on_a_data_set_with_a_test_split(searched, tmp_path):
+    from test_data import _write_fashion
+
+    folder, _ = searched
+    _write_fashion(tmp_path / "fashion", n_train=120, n_test=7)  # validation: 10 images, test: 7
+    table = run_compare(CompareSettings([folder], tmp_path / "out", dataset="fashion-mnist",
+                                        data_dir=str(tmp_path / "fashion"), epochs=1, image_size=13, batch_size=16,
+                                        seeds=[0, 1], baselines=()))
+    runs = pd.read_csv(tmp_path / "out" / "comparison_runs.csv")
+    assert {"top1", "test_top1"} <= set(runs.columns)
+    assert all(abs(7 * value - round(7 * value)) < 1e-9 for value in runs["test_top1"])  # sevenths: the test split
+    assert table["test_top1_mean"].iloc[0] == pytest.approx(runs["test_top1"].mean())
+    report = (tmp_path / "out" / "comparison.md").read_text()
+    assert "test top-1 (%)" in report and "validation top-1 (%)" in report
+
+
+def test_compare_has_no_test_column_without_a_test_split(searched, tmp_path):
+    folder, _ = searched
+    table = run_compare(CompareSettings([folder], tmp_path, epochs=1, image_size=13, batch_size=32,
+                                        max_train_images=32, baselines=()))
+    assert "test_top1_mean" not in table and "test top-1" not in (tmp_path / "comparison.md").read_text()

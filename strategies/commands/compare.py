@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from dynopool_nas import GMACsCost, count_macs, freeze_dynopools, load_dataset
 from dynopool_nas._checks import train_subset
 from dynopool_nas._utils import atomic_folder
-from dynopool_nas.train import fit
+from dynopool_nas.train import evaluate, fit
 from dynopool_nas.viz import plot_tradeoff
 from search_spaces.arch import build_model, load_architecture
 from search_spaces.registry import space_of
@@ -106,10 +106,13 @@ def _train(model: nn.Module, train: Any, val: Any, input_size: tuple[int, int, i
 
 
 def _summary(runs: pd.DataFrame, num_classes: int, val_images: int) -> pd.DataFrame:
-    """One row per model: top-1 mean, standard deviation and number of seeds, whether it is at
-    chance level, and the model's GMACs, parameters and CPU latency."""
+    """One row per model: validation top-1 mean, standard deviation and number of seeds, whether
+    it is at chance level, test top-1 mean and standard deviation where the data set has a test
+    split, and the model's GMACs, parameters and CPU latency."""
+    tested = {"test_top1_mean": ("test_top1", "mean"), "test_top1_std": ("test_top1", "std")} \
+        if "test_top1" in runs else {}
     table = runs.groupby("model", sort=False).agg(
-        top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"), gmacs=("gmacs", "first"),
+        top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"), **tested, gmacs=("gmacs", "first"),
         params=("params", "first"), cpu_latency_ms=("cpu_latency_ms", "first"),
     ).reset_index()
     at_chance = [is_at_chance(top1, num_classes, val_images) for top1 in table["top1_mean"]]
@@ -118,10 +121,15 @@ def _summary(runs: pd.DataFrame, num_classes: int, val_images: int) -> pd.DataFr
 
 def _markdown(table: pd.DataFrame, recipe: str, num_classes: int, val_images: int) -> str:
     """comparison.md: the recipe, the table (top-1 as mean +- std over seeds) and what "at chance" means."""
+    def spread(kind: str) -> list[str]:
+        return [f"{100 * m:.1f} ± {100 * s:.1f}" if n > 1 else f"{100 * m:.1f}"
+                for m, s, n in zip(table[f"{kind}_mean"], table[f"{kind}_std"], table["n"])]
+
+    tested = {"test top-1 (%)": spread("test_top1")} if "test_top1_mean" in table else {}
     shown = pd.DataFrame({
         "model": table["model"],
-        "top-1 (%)": [f"{100 * m:.1f} ± {100 * s:.1f}" if n > 1 else f"{100 * m:.1f}"
-                      for m, s, n in zip(table["top1_mean"], table["top1_std"], table["n"])],
+        "validation top-1 (%)": spread("top1"),
+        **tested,
         "seeds": table["n"],
         "at chance": ["**yes**" if flag else "" for flag in table["at_chance"]],
         "GMACs": table["gmacs"], "params": table["params"], "CPU latency (ms)": table["cpu_latency_ms"],
@@ -160,7 +168,8 @@ def run_compare(settings: CompareSettings) -> pd.DataFrame:
                     "gmacs": count_macs(model, input_size).gmacs, "params": sum(p.numel() for p in model.parameters()),
                     "cpu_latency_ms": cpu_latency(model, input_size) * 1e3,
                 })
-                rows.append({"model": name, "seed": seed, "top1": top1, **measured[name]})
+                tested = {} if splits.test is None else {"test_top1": evaluate(model, DataLoader(splits.test, 512))}
+                rows.append({"model": name, "seed": seed, "top1": top1, **tested, **measured[name]})
         runs = pd.DataFrame(rows)
         table = _summary(runs, splits.num_classes, len(splits.val))
         recipe = (f"{dataset} at {image_size}x{image_size}, {len(train)} training images, {epochs} epochs, SGD lr {lr} "
