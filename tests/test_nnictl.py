@@ -77,3 +77,17 @@ def test_quick_command_runs_the_quick_config_and_keeps_the_best_trial(tmp_path, 
     arch = load_architecture(tmp_path / "best" / "arch.json")
     assert arch["metrics"]["default"] == table["top1"].iloc[0]
     assert (tmp_path / "best" / "weights.pt").is_file()
+
+
+def test_quick_runs_on_another_data_set_from_its_folder(tmp_path):
+    from test_data import _write_fashion
+
+    from search_spaces.arch import load_architecture
+    from strategies.commands.quick import run_quick
+
+    _write_fashion(tmp_path / "fashion", n_train=96, n_test=8)
+    table = run_quick(tmp_path / "out", max_trials=1, epochs=1, dataset="fashion-mnist",
+                      data_dir=tmp_path / "fashion", progress=False)
+    assert list(table["status"]) == ["SUCCEEDED"]
+    assert f"--dataset fashion-mnist --data-dir {tmp_path / 'fashion'}" in (tmp_path / "out" / "quick.yml").read_text()
+    assert load_architecture(tmp_path / "out" / "best" / "arch.json")["num_classes"] == 10

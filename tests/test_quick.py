@@ -88,3 +88,19 @@ def test_a_wheel_carries_the_quick_config(tmp_path):
         for name in ("quick.yml", "quick_space.json"):
             shipped = archive.read(f"strategies/commands/configs/{name}").decode()
             assert shipped == (QUICK_CONFIG.parent / name).read_text(), name
+
+
+def test_trial_command_sets_the_data_set_and_its_folder_once():
+    import yaml
+
+    command = yaml.safe_load(QUICK_CONFIG.read_text())["trialCommand"]
+    words = shlex.split(trial_command(command, dataset="fashion-mnist", data_dir="/data/my set", epochs=None))
+    assert words.count("--dataset") == 1 and words[words.index("--dataset") + 1] == "fashion-mnist"
+    assert words[words.index("--data-dir") + 1] == "/data/my set"
+    assert words[words.index("--epochs") + 1] == "2"  # None leaves the config's value
+
+
+def test_a_missing_data_folder_is_a_clear_error_before_nni_starts(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        run_quick(tmp_path / "out", dataset="fashion-mnist", data_dir=tmp_path / "nowhere")
+    assert not (tmp_path / "out" / "nni").exists()

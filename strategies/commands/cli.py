@@ -46,8 +46,8 @@ def _search(args: argparse.Namespace) -> None:
 def _quick(args: argparse.Namespace) -> None:
     from .quick import QUICK_CONFIG, run_quick
 
-    run_quick(args.output, port=args.port, max_trials=args.max_trials, epochs=args.epochs, keep=args.keep,
-              config=args.config or QUICK_CONFIG, progress=not args.no_progress)
+    run_quick(args.output, port=args.port, max_trials=args.max_trials, epochs=args.epochs, dataset=args.dataset,
+              data_dir=args.data_dir, keep=args.keep, config=args.config or QUICK_CONFIG, progress=not args.no_progress)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -102,6 +102,9 @@ def add_commands(commands: Any) -> None:
     quick.add_argument("--port", type=int, help="web UI port (default: a free one)")
     quick.add_argument("--max-trials", type=positive_int, help="override maxTrialNumber")
     quick.add_argument("--epochs", type=positive_int, help="override the trial's epochs")
+    quick.add_argument("--dataset", choices=DATASETS, metavar="DATASET",
+                       help="override the trial's data set (default: the config's, the bundled digits): %(choices)s")
+    quick.add_argument("--data-dir", help="its folder (fashion-mnist: default where the Debian package puts it)")
     quick.add_argument("--keep", action="store_true", help="leave the experiment running for its web UI")
     quick.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     export = add_command(commands, "export", _export, "standalone TorchScript/ONNX models of discovered architectures")

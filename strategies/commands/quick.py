@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from dynopool_nas import load_dataset
 from dynopool_nas._checks import writable_folder
 from dynopool_nas._utils import CHECKSUMS, atomic_write
 
@@ -32,20 +33,25 @@ source checkout, where ``experiments/quick.yml`` links to it), beside its ``quic
 _FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 
 
-def trial_command(command: str, *, python: str = sys.executable, epochs: int | None = None) -> str:
+def trial_command(command: str, *, python: str = sys.executable, **options: object) -> str:
     """``command`` (a config's ``trialCommand``, ``python -m strategies.commands.trial ...`` or
-    ``python trial.py ...``) run by ``python``, with its ``--epochs`` set to ``epochs`` (added if
-    absent)."""
+    ``python trial.py ...``) run by ``python``, with each of ``options`` that is not None set as
+    the trial program's flag (``epochs=2`` -> ``--epochs 2``, ``data_dir=...`` -> ``--data-dir
+    ...``): replaced where the command has it (``--flag value`` or ``--flag=value``), added
+    otherwise."""
     words = shlex.split(command)
     if not words or not Path(words[0]).name.startswith("python"):
         raise ValueError(f"the config's trialCommand must start with python, got {command!r}")
     words[0] = python
-    if epochs is not None:
-        words = [word for word in words if not word.startswith("--epochs=")]
-        if "--epochs" in words:
-            at = words.index("--epochs")
+    for name, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        words = [word for word in words if not word.startswith(f"{flag}=")]
+        if flag in words:
+            at = words.index(flag)
             del words[at:at + 2]
-        words += ["--epochs", str(epochs)]
+        words += [flag, str(value)]
     return shlex.join(words)
 
 
@@ -95,17 +101,24 @@ def run_quick(
     port: int | None = None,
     max_trials: int | None = None,
     epochs: int | None = None,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
     keep: bool = False,
     config: Path = QUICK_CONFIG,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Start the quick experiment, wait for it, print the results, copy the best trial's
-    ``arch.json`` and ``weights.pt`` to ``output/best``; stop the experiment unless ``keep``."""
+    ``arch.json`` and ``weights.pt`` to ``output/best``; stop the experiment unless ``keep``.
+    ``epochs``, ``dataset`` and ``data_dir`` (resolved to an absolute path, as trials run in their
+    own folders) replace the config's trial options."""
     output = writable_folder(output).resolve()
+    if dataset is not None:  # a missing data folder fails here, with its fix, not in every trial's log
+        load_dataset(dataset, root=data_dir)
     config = Path(config).resolve()
     settings = _read_config(config)
     settings.update(
-        trialCommand=trial_command(settings["trialCommand"], epochs=epochs),
+        trialCommand=trial_command(settings["trialCommand"], epochs=epochs, dataset=dataset,
+                                   data_dir=None if data_dir is None else Path(data_dir).resolve()),
         trialCodeDirectory=str(config.parent / settings.get("trialCodeDirectory", ".")),
         searchSpaceFile=str(config.parent / settings["searchSpaceFile"]),
         experimentWorkingDirectory=str(output / "nni"),
