@@ -27,7 +27,8 @@ from dynopool_nas._utils import atomic_write
 from dynopool_nas.models import create_model
 from dynopool_nas.train import EpochResult, evaluate, fit
 
-RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "results"
 DEFAULT_DATASET = "fashion-mnist"
 RECIPE = ("SGD lr 0.05, Nesterov momentum 0.9, cosine schedule, batch 64, weight decay 5e-4; scales at the "
           "library's defaults (alpha lr = lr/10 with normalized scale steps, no weight decay, initial scale "
@@ -39,12 +40,17 @@ def page_name(base: str, dataset: str) -> str:
     return base if dataset == DEFAULT_DATASET else f"{base}_{dataset.replace('-', '_')}"
 
 
+def _from_root(script: str) -> str:
+    path = Path(script).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else script
+
+
 def write_report(name: str, title: str, body: str, started: float, seeds: list[int] | None = None) -> Path:
     """``docs/results/<name>.md`` with the exact command, the seeds, the machine and wall time."""
     header = [
         f"# {title}",
         "",
-        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Command: `python {' '.join([_from_root(sys.argv[0]), *sys.argv[1:]])}` (from the repository root)  ",
         f"Seeds: {seeds if seeds else 'none (deterministic)'}  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}  ",
         f"Wall time: {time.perf_counter() - started:.0f} s",
