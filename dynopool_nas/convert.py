@@ -37,7 +37,7 @@ pretrained weights first.
 NNI search spaces (a ``ModelSpace``, or any NNI mutable module with choices left) are refused:
 freezing a space rebuilds its layers from its own recipe, which drops the DynOPools. Convert the
 human model first and build the space around the converted model (as
-``search_spaces.ConvertedSpace`` does), use the DynOPool spaces (``DynOPoolCellSpace``,
+``search_spaces.converted.ConvertedSpace`` does), use the DynOPool spaces (``DynOPoolCellSpace``,
 ``EfficientNetSpace``), or convert a frozen (fixed) architecture.
 """
 
@@ -276,8 +276,9 @@ def _refuse_search_space(model: nn.Module) -> None:
         f"dynopoolify: {type(model).__name__} is an NNI search space: {where} has choices left ({shown}). "
         "Freezing a space rebuilds its layers from its own recipe, which drops the DynOPools, so a space "
         "cannot be converted. Convert the human model first and build the space around the converted model "
-        "(as search_spaces.ConvertedSpace does), search the DynOPool spaces search_spaces.DynOPoolCellSpace "
-        "or EfficientNetSpace, or convert a frozen architecture (space.freeze(sample))."
+        "(as search_spaces.converted.ConvertedSpace does), search the DynOPool spaces "
+        "search_spaces.cells.DynOPoolCellSpace or search_spaces.efficientnet.EfficientNetSpace, or convert a frozen "
+        "architecture (space.freeze(sample))."
     )
 
 
