@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ._utils import eval_mode, example_input
 from .convert import replace_dynopools
-from .ops import AGGREGATIONS, Aggregation, pool_queries, query_coordinates
+from .ops import Aggregation, check_aggregation, pool_queries, query_coordinates
 
 __all__ = ["FixedDynOPool2d", "freeze_dynopools"]
 
@@ -25,8 +25,7 @@ class FixedDynOPool2d(nn.Module):
         super().__init__()
         if len(output_size) != 2 or min(output_size) < 1:
             raise ValueError(f"output_size must be a pair of positive ints, got {output_size!r}")
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        check_aggregation(aggregation)
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.aggregation = aggregation
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops import AGGREGATIONS, Aggregation, dynopool2d, ste_output_size
+from .ops import Aggregation, check_aggregation, dynopool2d, ste_output_size
 from .optim import register_scale
 
 ScaleLike = float | Sequence[float] | Tensor
@@ -103,8 +103,7 @@ class DynOPool2d(nn.Module):
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
         super().__init__()
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        check_aggregation(aggregation)
         if not (math.isfinite(min_size) and min_size > 0):
             raise ValueError(f"min_size must be positive, got {min_size!r}")
         self.name = name or type(self).__name__

@@ -34,6 +34,14 @@ Aggregation = Literal["max", "mean"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean")
 
 
+def check_aggregation(aggregation: str) -> Aggregation:
+    """``aggregation`` if it is one of :data:`AGGREGATIONS` (how a cell combines its four
+    query points, eq. 4.6), else a ValueError naming the choices."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    return aggregation  # type: ignore[return-value]
+
+
 def ste_output_size(in_size: Tensor | float, scale: Tensor, min_size: float = 1.5) -> Tensor:
     """Straight-through output size of a DynOPool (eq. 4.1, 4.3, 4.4 and section 5.2.2).
 

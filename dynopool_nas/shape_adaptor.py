@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from .convert import dynopool_layers, dynopoolify, replace_dynopools
 from .layer import DynOPool2d
+from .ops import check_aggregation
 
 __all__ = ["ShapeAdaptor2d", "sa_init", "shape_adaptify"]
 
@@ -89,8 +90,7 @@ class ShapeAdaptor2d(nn.Module):
         super().__init__()
         if not 0 < r1 < initial_ratio < 1:
             raise ValueError(f"need 0 < r1 < initial_ratio < 1, got r1={r1}, initial_ratio={initial_ratio}")
-        if aggregation not in ("max", "mean"):
-            raise ValueError(f"aggregation must be 'max' or 'mean', got {aggregation!r}")
+        check_aggregation(aggregation)
         if size_rule not in SIZE_RULES:
             raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
         weight = (1 - initial_ratio) / (1 - r1)  # s with r1*s + (1 - s) = initial_ratio

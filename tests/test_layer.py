@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from reference import reference_dynopool, reference_layer
 
-from dynopool_nas import DynOPool2d, _extension
+from dynopool_nas import DynOPool2d, FixedDynOPool2d, ShapeAdaptor2d, _extension
 
 
 @pytest.fixture
@@ -334,3 +334,13 @@ def test_a_trained_model_can_be_copied_averaged_frozen_and_pickled():
         assert torch.equal(loaded(x), model(x))
     _, layer = next(iter(dynopool_layers(model)))
     assert layer.size.tolist() == [8.0, 8.0] and layer.size.requires_grad
+
+
+@pytest.mark.parametrize("build", [
+    lambda: DynOPool2d(0.5, aggregation="median"),
+    lambda: FixedDynOPool2d((4, 4), aggregation="median"),
+    lambda: ShapeAdaptor2d(aggregation="median"),
+], ids=["DynOPool2d", "FixedDynOPool2d", "ShapeAdaptor2d"])
+def test_every_resizer_refuses_an_unknown_aggregation_with_the_choices(build):
+    with pytest.raises(ValueError, match=r"aggregation must be one of \('max', 'mean'\), got 'median'"):
+        build()
