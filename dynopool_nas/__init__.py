@@ -13,6 +13,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "cost": ("GMACsCost", "MACsReport", "count_macs"),
     "data": ("DATASETS", "DataSplits", "DigitsDataset", "load_dataset"),
     "freeze": ("FixedDynOPool2d", "freeze_dynopools"),
+    "latency": ("LatencyCost", "LatencyTable", "measure_model"),
     "layer": ("DynOPool2d",),
     "models": ("create_model",),
     "ops": ("dynopool2d", "ste_output_size"),

@@ -1,0 +1,622 @@
+"""A measured, differentiable latency model: the hardware-aware analogue of :class:`~dynopool_nas.cost.GMACsCost`.
+
+GMACs are a proxy; on a real device depthwise convolutions, memory-bound layers and odd map sizes
+make latency diverge from MACs (the reason ProxylessNAS and FBNet search against measured latency
+tables). Those tables price a discrete choice; DynOPool needs the price of a *continuous*
+feature-map size. So each layer is timed alone on a grid of input sizes and fitted by a smooth
+model of its input size ``(H, W)``, and the model's latency is the sum of its layers' fits at the
+DynOPools' straight-through sizes (:func:`~dynopool_nas.ops.ste_output_size`), built with the
+same size-dependency probe as the GMACs cost.
+
+Measurement (:class:`LatencyTable`): each layer is run on a copy of itself, on random inputs of
+the grid's sizes, batch 1 by default, under fixed threads (``torch.set_num_threads``, recorded in
+the device fingerprint), after warm-up; one sample is the mean of enough calls to last about
+``target_ms``; the samples of all points are taken in rounds, the points in a new random order
+every round (interleaved, so that a burst of load on a shared machine spreads over all points
+instead of biasing one), and a point's value is the median of its rounds. Points are cached per
+device in ``$XDG_CACHE_HOME/dynopool_nas/latency/<fingerprint>.json`` (``~/.cache`` by default),
+keyed by the layer's configuration and input shape, so identical layers are measured once, ever.
+
+Fit (:func:`fit_affine`): ``latency = a + b * x`` with ``a, b >= 0`` by least squares, where ``x``
+is the input area ``H * W`` of a layer (the work of a convolution, a normalisation, an
+activation or a pooling is proportional to it) and, for a DynOPool, its work per channel
+(:func:`~dynopool_nas.cost._dynopool_work`, which also depends on its output size and on whether
+its query points are pixels). ``a`` is the per-call overhead, ``b`` the cost per pixel. The fit
+is monotone by construction, so shrinking a map never raises the predicted latency, and it
+extrapolates linearly beyond the grid. It was chosen over bilinear interpolation of log latency
+on the log grid by held-out grid points (``experiments/latency_validation.py --held-out``
+prints both errors): the interpolant follows the measurement noise between points and is not
+monotone, which gives wrong-signed gradients, and it was not more accurate on held-out points.
+
+Not timed: work done by a container's own ``forward`` between its children (a residual
+addition, ``torch.stack``, a functional pooling or squeeze-excite multiply written inline); only
+modules are timed (leaves, and ``Conv``/``BatchNorm``/``Linear``/DynOPool modules even where
+they have children, e.g. timm's ``BatchNormAct2d``, whose children are then part of them).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ._utils import atomic_write, example_input
+from .cost import Gate, GMACsCost, _dynopool_work, _Probe, _Source, _spatial, gate_keys
+from .layer import DynOPool2d
+
+__all__ = ["DEFAULT_SCALES", "LatencyCost", "LatencyTable", "device_fingerprint", "fit_affine", "measure_model"]
+
+DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
+"""Scale factors of a layer's initial height and width; the grid is every (height, width) pair."""
+
+_WORK_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear, DynOPool2d,
+)
+"""Modules timed as a whole even when they have children (timm's BatchNormAct2d is a BatchNorm2d)."""
+
+MODES = ("inference", "training")
+"""``inference``: forward without gradients, modules in eval mode; ``training``: forward and
+backward (of the output's sum), modules in train mode, the input requiring a gradient."""
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_fingerprint(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, threads: int | None = None
+) -> dict[str, Any]:
+    """What a measured latency depends on besides the layer: the CPU model (or the GPU's name),
+    the thread count, the torch version and the dtype."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {
+        "device": device.type,
+        "name": name,
+        "threads": int(threads if threads is not None else torch.get_num_threads()),
+        "torch": torch.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def _fingerprint_id(fingerprint: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(fingerprint), sort_keys=True)
+    slug = f"{fingerprint['device']}-{fingerprint['threads']}t"
+    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/dynopool_nas/latency`` (``~/.cache`` when the variable is unset)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "dynopool_nas" / "latency"
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fit_affine(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Non-negative least squares ``y ~ a + b * x`` (``a, b >= 0``): the unconstrained fit when
+    both are non-negative, else the better of the two one-parameter fits."""
+    n = len(x)
+    if n == 0:
+        raise ValueError("fit_affine needs at least one point")
+    mean_x, mean_y = sum(x) / n, sum(y) / n
+    sxx = sum((v - mean_x) ** 2 for v in x)
+    if sxx > 0:
+        b = sum((u - mean_x) * (v - mean_y) for u, v in zip(x, y)) / sxx
+        a = mean_y - b * mean_x
+        if a >= 0 and b >= 0:
+            return a, b
+    candidates = [(max(mean_y, 0.0), 0.0)]
+    sx2 = sum(v * v for v in x)
+    if sx2 > 0:
+        candidates.append((0.0, max(sum(u * v for u, v in zip(x, y)) / sx2, 0.0)))
+    return min(candidates, key=lambda ab: sum((ab[0] + ab[1] * u - v) ** 2 for u, v in zip(x, y)))
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def _time_ms(run: Callable[[], object], number: int, sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    for _ in range(number):
+        run()
+    sync()
+    return (time.perf_counter() - start) * 1e3 / number
+
+
+def _sync_for(device: torch.device) -> Callable[[], None]:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def _runner(module: nn.Module, make_args: Callable[[], tuple[Any, ...]], mode: str) -> Callable[[], object]:
+    """One call of ``module`` on fresh random arguments (made once), as ``mode`` runs it."""
+    args = make_args()
+    if mode == "inference":
+
+        def run() -> object:
+            with torch.no_grad():
+                return module(*args)
+
+        return run
+    tensors = [a for a in args if isinstance(a, Tensor) and a.is_floating_point()]
+    for tensor in tensors:
+        tensor.requires_grad_(True)
+
+    def run_training() -> object:
+        output = module(*args)
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        total = sum(o.float().sum() for o in outputs if isinstance(o, Tensor) and o.requires_grad)
+        if isinstance(total, Tensor):
+            total.backward()
+        for tensor in tensors:
+            tensor.grad = None
+        module.zero_grad(set_to_none=True)
+        return output
+
+    return run_training
+
+
+def _measure(
+    jobs: Mapping[str, Callable[[], Callable[[], object]]],
+    device: torch.device,
+    *,
+    repeats: int,
+    warmup: int,
+    target_ms: float,
+    seed: int,
+    progress: bool,
+    description: str,
+) -> dict[str, float]:
+    """Median milliseconds per call of every job (a factory of a runner), in interleaved rounds."""
+    sync = _sync_for(device)
+    numbers: dict[str, int] = {}
+    samples: dict[str, list[float]] = {key: [] for key in jobs}
+    order = list(jobs)
+    rng = random.Random(seed)
+    with tqdm(total=len(order) * (repeats + 1), desc=description, disable=not progress, leave=False) as bar:
+        for key in order:  # warm-up, and calls per sample so that a sample lasts about target_ms
+            run = jobs[key]()
+            for _ in range(max(warmup, 1)):
+                run()
+            single = _time_ms(run, 1, sync)
+            numbers[key] = max(1, min(1000, math.ceil(target_ms / max(single, 1e-4))))
+            bar.update()
+        for _ in range(repeats):
+            rng.shuffle(order)
+            for key in order:
+                run = jobs[key]()
+                run()
+                samples[key].append(_time_ms(run, numbers[key], sync))
+                bar.update()
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def measure_model(
+    model: nn.Module,
+    input_size: tuple[int, int, int] | Tensor,
+    *,
+    mode: str = "inference",
+    threads: int | None = None,
+    repeats: int = 15,
+    warmup: int = 3,
+    target_ms: float = 20.0,
+) -> float:
+    """End-to-end latency of ``model`` on one image of ``input_size`` (or on the given batch), in
+    milliseconds: the median of ``repeats`` samples, measured as the layers of a
+    :class:`LatencyTable` are (``mode``, threads, warm-up)."""
+    _check_mode(mode)
+    example = example_input(model, input_size)
+    device = example.device
+    copied = copy.deepcopy(model)
+    copied.train(mode == "training")
+    with _threads(threads or torch.get_num_threads()):
+        times = _measure({"model": lambda: _runner(copied, lambda: (example.clone(),), mode)}, device,
+                         repeats=repeats, warmup=warmup, target_ms=target_ms, seed=0, progress=False,
+                         description="model")
+    return times["model"]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class _Point:
+    """One layer at one input size: how to build it and how to time it."""
+
+    key: str
+    module: nn.Module
+    shapes: tuple[Any, ...]  # per positional argument: a shape tuple for a tensor, else the value
+    feature: float  # the fit's x: input area, or a DynOPool's work per channel
+
+
+class LatencyTable:
+    """Measured milliseconds per call of layers at given input sizes, for one device fingerprint.
+
+    Loaded from and saved to ``cache_dir() / <fingerprint>.json`` (atomically) unless ``path`` is
+    given or ``cache=False``. :meth:`ensure` measures the points not in it yet, which
+    :meth:`LatencyCost.from_model` calls; :attr:`measured` counts the points this object has
+    measured.
+
+    Args:
+        device: where layers run (the model's device is used by :meth:`LatencyCost.from_model`
+            when no table is given).
+        dtype: parameters' and inputs' dtype.
+        threads: ``torch.set_num_threads`` while measuring (default: the current count).
+        mode: ``'inference'`` (default) or ``'training'`` (forward and backward).
+        repeats, warmup, target_ms: interleaved rounds per point, warm-up calls, and the length
+            of one sample (calls are repeated to last about that long).
+        progress: show a tqdm bar while measuring.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        threads: int | None = None,
+        mode: str = "inference",
+        *,
+        path: str | Path | None = None,
+        cache: bool = True,
+        repeats: int = 7,
+        warmup: int = 2,
+        target_ms: float = 2.0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        _check_mode(mode)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.mode = mode
+        self.fingerprint = device_fingerprint(self.device, dtype, threads)
+        self.threads = self.fingerprint["threads"]
+        self.repeats, self.warmup, self.target_ms, self.seed = repeats, warmup, target_ms, seed
+        self.progress = progress
+        self.path: Path | None = None
+        if cache:
+            self.path = Path(path) if path is not None else cache_dir() / f"{_fingerprint_id(self.fingerprint)}.json"
+        self.entries: dict[str, float] = {}
+        self.measured = 0
+        if self.path is not None and self.path.exists():
+            stored = json.loads(self.path.read_text())
+            if stored.get("fingerprint") == self.fingerprint:
+                self.entries = {k: float(v) for k, v in stored.get("entries", {}).items()}
+            else:
+                warnings.warn(f"LatencyTable: {self.path} belongs to another device; remeasuring", stacklevel=2)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def ensure(self, points: Sequence[_Point]) -> None:
+        """Measure every point whose key is not in the table yet (each key once), then save."""
+        missing: dict[str, _Point] = {}
+        for point in points:
+            if point.key not in self.entries:
+                missing.setdefault(point.key, point)
+        if not missing:
+            return
+        jobs = {key: self._job(point) for key, point in missing.items()}
+        with _threads(self.threads):
+            times = _measure(jobs, self.device, repeats=self.repeats, warmup=self.warmup, target_ms=self.target_ms,
+                             seed=self.seed, progress=self.progress, description="latency table")
+        self.entries.update(times)
+        self.measured += len(times)
+        self.save()
+
+    def _job(self, point: _Point) -> Callable[[], Callable[[], object]]:
+        def make_args() -> tuple[Any, ...]:
+            return tuple(
+                torch.randn(shape, device=self.device, dtype=self.dtype) if isinstance(shape, torch.Size) else shape
+                for shape in point.shapes
+            )
+
+        return lambda: _runner(point.module, make_args, self.mode)
+
+    def save(self) -> Path | None:
+        """Write the table to its cache file atomically (nothing without a cache file)."""
+        if self.path is None:
+            return None
+        text = json.dumps({"fingerprint": self.fingerprint, "entries": self.entries}, indent=1, sort_keys=True)
+        return atomic_write(self.path, lambda path: path.write_text(text + "\n"))
+
+
+# ----------------------------------------------------------------------------- layers of a model
+
+
+def _units(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules that are timed: leaves and :data:`_WORK_TYPES`, none inside another one."""
+    units: dict[str, nn.Module] = {}
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in inside):
+            continue
+        has_children = any(True for _ in module.children())
+        if isinstance(module, _WORK_TYPES) or not has_children:
+            if name == "" and has_children:
+                continue
+            units[name] = module
+            if has_children:
+                inside.append(name)
+    return units
+
+
+def _shapes(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(arg.shape if isinstance(arg, Tensor) else arg for arg in args)
+
+
+def _resized(shapes: tuple[Any, ...], old: tuple[int, int], new: tuple[int, int]) -> tuple[Any, ...]:
+    """``shapes`` with every 4-D shape of spatial size ``old`` given spatial size ``new``."""
+    return tuple(
+        torch.Size((*shape[:2], *new)) if isinstance(shape, torch.Size) and len(shape) == 4
+        and tuple(shape[-2:]) == old else shape
+        for shape in shapes
+    )
+
+
+def _config(module: nn.Module) -> str:
+    """A layer's configuration without its learned size (a DynOPool's alpha is a grid axis)."""
+    if isinstance(module, DynOPool2d):
+        return f"aggregation={module.aggregation!r}, min_size={module.min_size}"
+    text = module.extra_repr()
+    for child_name, child in module.named_children():  # a work module with children: theirs too
+        text += f", {child_name}={child!r}"
+    return text.replace("\n", " ")
+
+
+def _key(module: nn.Module, shapes: tuple[Any, ...], mode: str, out_size: tuple[int, int] | None = None) -> str:
+    args = ",".join(
+        "x".join(map(str, s)) if isinstance(s, torch.Size) else repr(s) for s in shapes
+    )
+    out = f"->{out_size[0]}x{out_size[1]}" if out_size is not None else ""
+    return f"{mode}|{type(module).__module__}.{type(module).__qualname__}({_config(module)})|{args}{out}"
+
+
+def _pool_at(pool: DynOPool2d, in_size: tuple[int, int], out_size: tuple[int, int], dtype: torch.dtype,
+             device: torch.device) -> DynOPool2d:
+    """A copy of ``pool`` that maps ``in_size`` to ``out_size``."""
+    copied = copy.deepcopy(pool).to(device=device, dtype=dtype)
+    copied.scale_bounds = None
+    copied.max_scale = max(copied.max_scale, *(o / i for o, i in zip(out_size, in_size)))
+    with torch.no_grad():
+        copied.alpha.copy_(torch.tensor([i / o for i, o in zip(in_size, out_size)], dtype=dtype))
+    return copied
+
+
+def _grid(size0: tuple[int, int], scales: Sequence[float]) -> list[tuple[int, int]]:
+    sizes = {(max(1, round(size0[0] * sh)), max(1, round(size0[1] * sw))) for sh in scales for sw in scales}
+    return sorted(sizes)
+
+
+def _pool_points(pool: DynOPool2d, shapes: tuple[Any, ...], out0: tuple[int, int] | None,
+                 scales: Sequence[float], grow_input: bool, table: LatencyTable) -> list[_Point]:
+    """A DynOPool's grid: its output size scaled by every (height, width) pair of ``scales``, and
+    its input size with it when an upstream DynOPool sets that (the ratio kept)."""
+    in0 = _spatial_of(shapes)
+    if in0 is None or out0 is None:
+        raise ValueError(f"{pool.name}: a DynOPool2d needs a 4-D input and output")
+    points: dict[str, _Point] = {}
+    for sh in scales:
+        for sw in scales:
+            out = (max(2, round(out0[0] * sh)), max(2, round(out0[1] * sw)))
+            size = (max(1, round(in0[0] * sh)), max(1, round(in0[1] * sw))) if grow_input else in0
+            point_shapes = _resized(shapes, in0, size)
+            key = _key(pool, point_shapes, table.mode, out)
+            if key not in points:
+                runner = _pool_at(pool, size, out, table.dtype, table.device)
+                runner.train(table.mode == "training")
+                work = float(_dynopool_work(torch.tensor(size, dtype=torch.float64),
+                                            torch.tensor(out, dtype=torch.float64)))
+                points[key] = _Point(key, runner, point_shapes, work)
+    return list(points.values())
+
+
+@dataclass
+class _Term:
+    """One layer call: its fitted ``a + b * x``, the size source of its input and its gates."""
+
+    name: str
+    source: int  # the governing size source of its input (-1: a constant size)
+    a: float
+    b: float
+    pool: bool = False  # x is the DynOPool work between its parent source and itself
+    keys: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _is_variable(sources: list[_Source]) -> list[bool]:
+    variable: list[bool] = []
+    for source in sources:
+        variable.append(source.pool is not None or (source.parent >= 0 and variable[source.parent]))
+    return variable
+
+
+class LatencyCost:
+    """Differentiable predicted latency (milliseconds) of a model at a reference input size.
+
+    ``latency = sum_l (a_l + b_l * x_l)``: for every timed layer ``l`` (see the module
+    description) ``x_l = H_l W_l``, its current input area, built from the DynOPools'
+    straight-through sizes exactly as :class:`~dynopool_nas.cost.GMACsCost` builds it, and for
+    a DynOPool its work per channel at its current input and output sizes; ``a_l, b_l >= 0``
+    are fitted on its measured grid (:func:`fit_affine`). A layer whose input size no DynOPool
+    sets is a constant, timed at its one size. So every upstream ``alpha`` gets a gradient and
+    a smaller map is never predicted slower. Calling the object costs a few scalar operations
+    per layer: no forward pass.
+
+    ``gates`` (a supernet's choices) weight every layer at or below a gated module by the
+    product of its gates, as in :class:`~dynopool_nas.cost.GMACsCost`: the expected latency
+    under the architecture distribution (or, ``hard=True``, the derived architecture's).
+    """
+
+    def __init__(self, sources: list[_Source], terms: list[_Term], gates: Mapping[str, Gate] | None = None,
+                 table: LatencyTable | None = None) -> None:
+        self.sources = sources
+        self.terms = terms
+        self.gates = dict(gates or {})
+        self.table = table
+        with torch.no_grad():
+            self.initial_ms = float(self())
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        input_size: tuple[int, int, int],
+        table: LatencyTable | None = None,
+        gates: Mapping[str, Gate] | None = None,
+        *,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        batch_size: int = 1,
+    ) -> LatencyCost:
+        """Time (or look up in ``table``) every layer of ``model`` on the grid ``scales`` x
+        ``scales`` of its initial input height and width, for a batch of ``batch_size`` images of
+        ``input_size`` (channels, height, width), and fit it. ``table`` defaults to the cached
+        table of the model's device and dtype at the current thread count, for inference."""
+        if isinstance(input_size, Tensor) or len(input_size) != 3:
+            raise ValueError(f"input_size must be (channels, height, width), got {input_size!r}")
+        if not scales or any(not (math.isfinite(s) and s > 0) for s in scales):
+            raise ValueError(f"scales must be positive numbers, got {scales!r}")
+        param = next(model.parameters(), None)
+        if table is None:
+            table = LatencyTable(param.device if param is not None else "cpu",
+                                 param.dtype if param is not None else torch.float32)
+        example = torch.zeros(batch_size, *input_size, device=param.device if param is not None else None,
+                              dtype=param.dtype if param is not None else None)
+        units = _units(model)
+        names = {id(module): name for name, module in units.items()}
+        recorded: dict[str, list[tuple[tuple[Any, ...], tuple[int, int] | None]]] = {}
+
+        def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            recorded.setdefault(names[id(module)], []).append((_shapes(args), _spatial(output)))
+
+        probe = _Probe(model, tuple(example.shape[-2:]))
+        handles = [module.register_forward_hook(record) for module in units.values()]
+        try:
+            probe.run(example)
+        finally:
+            for handle in handles:
+                handle.remove()
+        variable = _is_variable(probe.sources)
+        gates = dict(gates or {})
+
+        plans: list[tuple[str, int, bool, list[_Point]]] = []
+        for name, calls in recorded.items():
+            module = units[name]
+            if isinstance(module, DynOPool2d):
+                for index, (shapes, out0) in enumerate(calls):
+                    source = probe.calls[name][index]
+                    parent = probe.sources[source].parent
+                    grow_input = parent >= 0 and variable[parent] and _spatial_of(shapes) == probe.sources[parent].size0
+                    points = _pool_points(module, shapes, out0, scales, grow_input, table)
+                    plans.append((name, source, True, points))
+                continue
+            copied = copy.deepcopy(module).to(device=table.device, dtype=table.dtype)
+            copied.train(table.mode == "training")
+            for index, (shapes, _) in enumerate(calls):
+                source = probe.calls.get(name, [-1] * len(calls))[index]
+                in0 = _spatial_of(shapes)
+                grow = source >= 0 and variable[source] and in0 == probe.sources[source].size0
+                sizes = _grid(in0, scales) if grow and in0 is not None else [in0]
+                points = []
+                for size in sizes:
+                    point_shapes = _resized(shapes, in0, size) if size != in0 else shapes
+                    area = float(size[0] * size[1]) if size is not None else 0.0
+                    points.append(_Point(_key(copied, point_shapes, table.mode), copied, point_shapes, area))
+                plans.append((name, source if grow else -1, False, points))
+
+        table.ensure([point for *_, points in plans for point in points])
+        terms = []
+        for name, source, pool, points in plans:
+            xs = [point.feature for point in points]
+            ys = [table.entries[point.key] for point in points]
+            if len(points) == 1:
+                a, b = ys[0], 0.0
+            else:
+                a, b = fit_affine(xs, ys)
+            terms.append(_Term(name, source, a, b, pool, gate_keys(name, gates)))
+        if not any(s.pool is not None for s in probe.sources):
+            warnings.warn("LatencyCost: the model has no DynOPool2d; the cost is a constant", stacklevel=2)
+        return cls(probe.sources, terms, gates, table)
+
+    # the straight-through sizes and the DynOPools' sizes are GMACsCost's (they only read self.sources)
+    sizes = GMACsCost.sizes
+    feature_map_sizes = GMACsCost.feature_map_sizes
+
+    def _value(self, term: _Term, sizes: list[Tensor]) -> Tensor:
+        """One layer call's ``a + b * x`` at ``sizes`` (float64), ungated."""
+        if term.source < 0 or term.b == 0.0:
+            return sizes[0].new_tensor(term.a)
+        if term.pool:
+            return term.a + term.b * _dynopool_work(sizes[self.sources[term.source].parent], sizes[term.source])
+        return term.a + term.b * sizes[term.source].prod()
+
+    def __call__(self, hard: bool = False) -> Tensor:
+        """Predicted latency in milliseconds (float64), differentiable w.r.t. every DynOPool's
+        alpha (and, with soft gates, the gates' parameters)."""
+        sizes = [size.double() for size in self.sizes()]
+        gate_values = {key: gate(hard) for key, gate in self.gates.items()}
+        total = sizes[0].new_zeros(())
+        for term in self.terms:
+            value = self._value(term, sizes)
+            for key in term.keys:
+                value = value * gate_values[key]
+            total = total + value
+        return total
+
+    def layer_ms(self) -> dict[str, float]:
+        """Predicted milliseconds per timed layer (all its calls together) at the current sizes, ungated."""
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            sizes = [size.double() for size in self.sizes()]
+            for term in self.terms:
+                out[term.name] = out.get(term.name, 0.0) + float(self._value(term, sizes))
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain numbers for logs and metrics: the predicted latency and every DynOPool's size."""
+        with torch.no_grad():
+            return {"latency_ms": float(self()), "sizes": self.feature_map_sizes()}
+
+
+def _spatial_of(shapes: tuple[Any, ...]) -> tuple[int, int] | None:
+    for shape in shapes:
+        if isinstance(shape, torch.Size) and len(shape) == 4:
+            return int(shape[-2]), int(shape[-1])
+    return None
