@@ -1,0 +1,191 @@
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.cpp_extension import get_default_build_root
+
+from dynopool_nas import DynOPool2d, LatencyCost, LatencyTable, measure_model
+from dynopool_nas.latency import cache_dir, device_fingerprint, fit_affine
+
+# Tiny grids and short samples: the machine is shared, so no test asserts a tight timing.
+SCALES = (0.5, 1.0)
+# One thread: conftest's two threads on two busy cores wait on each other for whole time slices.
+QUICK = {"threads": 1, "repeats": 3, "warmup": 1, "target_ms": 0.3, "progress": False}
+
+
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path, monkeypatch):
+    # torch's extension cache also follows XDG_CACHE_HOME: keep the kernels where they are built
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+class CountingConv(nn.Conv2d):
+    """A real convolution that counts its calls, including those of its copies."""
+
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+def _chain(conv=nn.Conv2d, width=8, scale=0.5) -> nn.Sequential:
+    return nn.Sequential(
+        conv(3, width, 3, padding=1), nn.ReLU(), DynOPool2d(scale, name="p1"),
+        conv(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), DynOPool2d(scale, name="p2"),
+        conv(width, width, 3, padding=1), conv(width, width, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 4),
+    )
+
+
+def test_fit_affine_is_least_squares_and_never_negative():
+    a, b = fit_affine([1, 2, 3, 4], [3, 5, 7, 9])
+    assert (a, b) == pytest.approx((1, 2))
+    a, b = fit_affine([1, 2, 3, 4], [4, 3, 2, 1])  # decreasing: the best constant
+    assert (a, b) == pytest.approx((2.5, 0))
+    a, b = fit_affine([1, 2, 3], [0.5, 2.5, 4.5])  # negative intercept: through the origin
+    assert a == 0 and b == pytest.approx((0.5 + 5 + 13.5) / 14)
+    assert fit_affine([7], [2.0]) == (2.0, 0.0)
+
+
+def test_gradient_reaches_every_alpha_and_a_smaller_map_is_predicted_faster():
+    # maps large enough that the work, not the call, dominates; scales off 1/2, where a DynOPool's
+    # query points are pixels and its sampling is skipped (a real step down in its latency)
+    model = _chain(width=32, scale=0.6)
+    cost = LatencyCost.from_model(model, (3, 64, 64), LatencyTable(**QUICK), scales=SCALES)
+    assert cost().item() == pytest.approx(cost.initial_ms) and cost.initial_ms > 0
+    cost().backward()
+    grads = torch.cat([model[2].alpha.grad, model[6].alpha.grad])
+    assert (grads < 0).all()  # a larger alpha (smaller map) is faster
+    with torch.no_grad():
+        model[2].alpha.mul_(1.25)  # r = 0.48
+    assert cost().item() < cost.initial_ms
+    snapshot = cost.snapshot()
+    assert isinstance(snapshot["latency_ms"], float)
+    assert snapshot["sizes"] == {"p1": (31, 31), "p2": (19, 19)}  # 64 * 0.48 -> 31, * 0.6 -> 18.6
+    assert sum(cost.layer_ms().values()) == pytest.approx(snapshot["latency_ms"])
+
+
+def test_building_leaves_the_model_as_it_was():
+    model = _chain().train()
+    model[4].eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    for mode in ("inference", "training"):
+        LatencyCost.from_model(model, (3, 16, 16), LatencyTable(mode=mode, **QUICK), scales=SCALES)
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_cache_is_written_once_and_reused(tmp_path):
+    model = _chain(CountingConv)
+    CountingConv.calls = 0
+    first = LatencyCost.from_model(model, (3, 16, 16), LatencyTable(**QUICK), scales=SCALES)
+    path = first.table.path
+    assert path.parent == cache_dir() and str(path).startswith(str(tmp_path / "cache"))
+    assert CountingConv.calls > 4 and first.table.measured == len(first.table)
+    stored = json.loads(path.read_text())
+    assert stored["fingerprint"] == device_fingerprint(threads=1)
+    assert len(stored["entries"]) == first.table.measured
+    # the two identical convolutions after p2 are one set of points
+    keys = {term.name for term in first.terms}
+    assert {"7", "8"} <= keys
+    assert first.layer_ms()["7"] == first.layer_ms()["8"]
+
+    written = path.stat().st_mtime_ns
+    CountingConv.calls = 0
+    second = LatencyCost.from_model(model, (3, 16, 16), LatencyTable(**QUICK), scales=SCALES)
+    assert CountingConv.calls == 4  # the probe's one forward pass; nothing timed
+    assert second.table.measured == 0 and path.stat().st_mtime_ns == written
+    assert second.initial_ms == first.initial_ms
+
+    bigger = LatencyCost.from_model(model, (3, 20, 20), LatencyTable(**QUICK), scales=SCALES)
+    assert 0 < bigger.table.measured < len(bigger.table)  # only the new sizes are measured
+
+
+def test_the_fingerprint_names_threads_device_torch_and_dtype():
+    one, two = device_fingerprint(threads=1), device_fingerprint(threads=2)
+    assert one != two and one["threads"] == 1 and two["threads"] == 2
+    assert one["torch"] == torch.__version__ and one["dtype"] == "float32" and one["name"]
+    assert device_fingerprint(threads=1, dtype=torch.float64) != one
+    assert LatencyTable(threads=1).path != LatencyTable(threads=2).path
+    assert LatencyTable(threads=2).threads == 2
+
+
+def test_a_cache_file_of_another_device_is_not_used(tmp_path):
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"fingerprint": device_fingerprint(threads=99), "entries": {"x": 1.0}}))
+    with pytest.warns(UserWarning, match="another device"):
+        table = LatencyTable(path=path)
+    assert len(table) == 0
+
+
+def test_prediction_at_the_initial_sizes_is_near_a_measurement_of_the_whole_model():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), DynOPool2d(0.5),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), DynOPool2d(0.6), nn.Conv2d(32, 32, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+    cost = LatencyCost.from_model(model, (3, 48, 48), LatencyTable(**QUICK), scales=SCALES)
+    # loose, and the least of three measurements: other jobs share the machine in bursts
+    measured = min(measure_model(model, (3, 48, 48), threads=1) for _ in range(3))
+    assert 0.3 < cost.initial_ms / measured < 3
+
+
+class _TwoBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.small = nn.Conv2d(3, 16, 1)
+        self.large = nn.Conv2d(3, 16, 7, padding=3)
+        self.pool = DynOPool2d(0.5, name="pool")
+
+    def forward(self, x):
+        return self.pool(self.small(x) + self.large(x))
+
+
+def test_gates_weight_each_layer_by_its_probability():
+    model = _TwoBranches()
+    theta = torch.tensor(0.3, requires_grad=True)
+
+    def probability(choose_small):
+        def gate(hard):
+            p = torch.sigmoid(theta)
+            p = (p > 0.5).float() if hard else p
+            return p if choose_small else 1 - p
+        return gate
+
+    gates = {"small": probability(True), "large": probability(False)}
+    cost = LatencyCost.from_model(model, (3, 32, 32), LatencyTable(**QUICK), gates, scales=SCALES)
+    layers = cost.layer_ms()
+    p = torch.sigmoid(theta).item()
+    expected = p * layers["small"] + (1 - p) * layers["large"] + layers["pool"]
+    assert cost().item() == pytest.approx(expected, rel=1e-9)
+    assert cost(hard=True).item() == pytest.approx(layers["small"] + layers["pool"], rel=1e-9)
+    assert layers["large"] > layers["small"]  # 49 times the MACs
+    cost().backward()
+    assert theta.grad < 0  # more weight on the small branch lowers the latency
+
+
+def test_model_without_dynopool_has_a_constant_cost():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with pytest.warns(UserWarning, match="no DynOPool2d"):
+        cost = LatencyCost.from_model(model, (1, 8, 8), LatencyTable(**QUICK), scales=SCALES)
+    assert not cost().requires_grad and cost().item() > 0
+    assert cost.table.measured == 4  # one size per layer
+
+
+@pytest.mark.parametrize("input_size", [(32, 32), (1, 3, 32, 32), torch.zeros(1, 3, 8, 8)])
+def test_input_size_must_be_channels_height_width(input_size):
+    with pytest.raises(ValueError, match="channels, height, width"):
+        LatencyCost.from_model(_chain(), input_size, LatencyTable(**QUICK))
+
+
+def test_bad_mode_and_scales_are_refused():
+    with pytest.raises(ValueError, match="mode"):
+        LatencyTable(mode="train")
+    with pytest.raises(ValueError, match="scales"):
+        LatencyCost.from_model(_chain(), (3, 8, 8), LatencyTable(**QUICK), scales=(1.0, -0.5))
