@@ -268,6 +268,7 @@ class _Point:
     module: nn.Module
     shapes: tuple[Any, ...]  # per positional argument: a shape tuple for a tensor, else the value
     feature: float  # the fit's x: input area, or a DynOPool's work per channel
+    size: tuple[int, int] | None = None  # the grid's axis: the input size, or a DynOPool's output size
 
 
 class LatencyTable:
@@ -449,7 +450,7 @@ def _pool_points(pool: DynOPool2d, shapes: tuple[Any, ...], out0: tuple[int, int
                 runner.train(table.mode == "training")
                 work = float(_dynopool_work(torch.tensor(size, dtype=torch.float64),
                                             torch.tensor(out, dtype=torch.float64)))
-                points[key] = _Point(key, runner, point_shapes, work)
+                points[key] = _Point(key, runner, point_shapes, work, out)
     return list(points.values())
 
 
@@ -463,6 +464,7 @@ class _Term:
     b: float
     pool: bool = False  # x is the DynOPool work between its parent source and itself
     keys: tuple[str, ...] = field(default_factory=tuple)
+    samples: tuple[tuple[int, int, float, float], ...] = ()  # (height, width, x, ms) of the grid
 
 
 def _is_variable(sources: list[_Source]) -> list[bool]:
@@ -562,7 +564,7 @@ class LatencyCost:
                 for size in sizes:
                     point_shapes = _resized(shapes, in0, size) if size != in0 else shapes
                     area = float(size[0] * size[1]) if size is not None else 0.0
-                    points.append(_Point(_key(copied, point_shapes, table.mode), copied, point_shapes, area))
+                    points.append(_Point(_key(copied, point_shapes, table.mode), copied, point_shapes, area, size))
                 plans.append((name, source if grow else -1, False, points))
 
         table.ensure([point for *_, points in plans for point in points])
@@ -574,7 +576,8 @@ class LatencyCost:
                 a, b = ys[0], 0.0
             else:
                 a, b = fit_affine(xs, ys)
-            terms.append(_Term(name, source, a, b, pool, gate_keys(name, gates)))
+            samples = tuple((*(p.size or (0, 0)), p.feature, y) for p, y in zip(points, ys))
+            terms.append(_Term(name, source, a, b, pool, gate_keys(name, gates), samples))
         if not any(s.pool is not None for s in probe.sources):
             warnings.warn("LatencyCost: the model has no DynOPool2d; the cost is a constant", stacklevel=2)
         return cls(probe.sources, terms, gates, table)
