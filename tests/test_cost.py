@@ -1,5 +1,6 @@
 import pytest
 import torch
+from branches import TwoBranches, branch_gates
 from torch import nn
 
 import dynopool_nas.layer as layer_module
@@ -117,29 +118,11 @@ def test_model_without_dynopool_has_a_constant_cost():
     assert cost().item() == pytest.approx(count_macs(create_model("small_cnn", 10, in_chans=1), (1, 16, 16)).gmacs)
 
 
-class _TwoBranches(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.small = nn.Conv2d(3, 4, 1)
-        self.large = nn.Conv2d(3, 4, 5, padding=2)
-        self.pool = DynOPool2d(0.5, name="pool")
-
-    def forward(self, x):
-        return self.pool(self.small(x) + self.large(x))
-
-
 def test_gates_weight_each_layer_by_its_probability():
-    model = _TwoBranches()
+    model = TwoBranches()
     theta = torch.tensor(0.3, requires_grad=True)
 
-    def probability(choose_small):
-        def gate(hard):
-            p = torch.sigmoid(theta)
-            p = (p > 0.5).float() if hard else p
-            return p if choose_small else 1 - p
-        return gate
-
-    cost = GMACsCost.from_model(model, (3, 8, 8), gates={"small": probability(True), "large": probability(False)})
+    cost = GMACsCost.from_model(model, (3, 8, 8), gates=branch_gates(theta))
     small, large = 4 * 3 * 64, 4 * 3 * 25 * 64  # fvcore counts the weights of a convolution, not its bias
     pool = 4 * 3 * 16
     p = torch.sigmoid(theta).item()

@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from branches import TwoBranches, branch_gates
 from torch import nn
 from torch.utils.cpp_extension import get_default_build_root
 
@@ -136,29 +137,11 @@ def test_prediction_at_the_initial_sizes_is_near_a_measurement_of_the_whole_mode
     assert 0.3 < cost.initial_ms / measured < 3
 
 
-class _TwoBranches(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.small = nn.Conv2d(3, 16, 1)
-        self.large = nn.Conv2d(3, 16, 7, padding=3)
-        self.pool = DynOPool2d(0.5, name="pool")
-
-    def forward(self, x):
-        return self.pool(self.small(x) + self.large(x))
-
-
 def test_gates_weight_each_layer_by_its_probability():
-    model = _TwoBranches()
+    model = TwoBranches(channels=16, kernel=7)
     theta = torch.tensor(0.3, requires_grad=True)
 
-    def probability(choose_small):
-        def gate(hard):
-            p = torch.sigmoid(theta)
-            p = (p > 0.5).float() if hard else p
-            return p if choose_small else 1 - p
-        return gate
-
-    gates = {"small": probability(True), "large": probability(False)}
+    gates = branch_gates(theta)
     cost = LatencyCost.from_model(model, (3, 32, 32), LatencyTable(**QUICK), gates, scales=SCALES)
     layers = cost.layer_ms()
     p = torch.sigmoid(theta).item()
