@@ -50,6 +50,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         help="DynOPool-S candidates (relative to the initial GMACs), tried on the pilot seed")
     parser.add_argument("--placement", default="after", choices=("after", "before"),
                         help="where a strided convolution's DynOPool goes (after: eq. 5.2, the thesis's)")
+    parser.add_argument("--frozen-control", action="store_true",
+                        help="add DynOPool with its scales frozen at the human ones: the conversion without learning")
     parser.add_argument("--low-resolution", type=int, default=24,
                         help="input size of the human low-resolution row (0: no such row)")
 
@@ -92,6 +94,8 @@ def main() -> None:
         "human": {},
         f"human, {long} epochs": {"epochs": long},
         **({f"human @ {args.low_resolution}px": {"size": args.low_resolution}} if args.low_resolution else {}),
+        **({"DynOPool, scales frozen": {"convert": _convert(args), "epochs": long, "alpha_lr": 0.0}}
+           if args.frozen_control else {}),
         "DynOPool-B (lambda 0)": {"convert": _convert(args), "epochs": long},
         f"DynOPool-S (lambda {lam:g})": {"convert": _convert(args), "lam": lam, "epochs": long},
     }
@@ -104,6 +108,9 @@ def main() -> None:
     names = list(variants)
     comparisons = [paired(table, other, "human") for other in names[1:]]
     comparisons += [paired(table, other, names[1]) for other in names if other.startswith("DynOPool")]
+    if args.frozen_control:  # what learning the sizes adds to the conversion itself
+        comparisons += [paired(table, other, "DynOPool, scales frozen") for other in names
+                        if other.startswith("DynOPool-")]
     for row in comparisons:
         row["verdict"] = verdict(row)
     human_curve = curves[curves["model"] == "human"].groupby("epoch")["val_top1"].mean()
