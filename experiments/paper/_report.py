@@ -75,6 +75,11 @@ def experiment_arguments(doc: str, seeds: list[int], *, epochs: int = 10, train_
     return parser.parse_args()
 
 
+def training_subset(args: argparse.Namespace) -> str:
+    """How a page names the training images: "the first N images of" or "all of" (the split)."""
+    return f"the first {args.train_images} images of" if args.train_images else "all of"
+
+
 def dynopool_epochs(epochs: int) -> int:
     """The thesis trains DynOPool models 25% longer than the human ones."""
     return math.ceil(epochs * 1.25)

@@ -25,6 +25,7 @@ from _report import (
     plot_scales,
     summarize,
     train_and_test,
+    training_subset,
     verdict,
     write_report,
 )
@@ -84,7 +85,7 @@ def main() -> None:
     seed0 = dynopool[dynopool["seed"] == args.seeds[0]]
     plot_feature_maps({row.variant: dict(zip(("pool1", "pool2", "pool3"), _maps(row.maps)))
                        for row in seed0.itertuples()}, RESULTS / f"{name}.png", (SIZE, SIZE))
-    training = f"the first {args.train_images} images of" if args.train_images else "all of"
+    training = training_subset(args)
     body = "\n".join([
         f"Small CNN (three 2x2 max-pools) on the toy variants of {args.dataset} at {SIZE}x{SIZE}: {training} each "
         "variant's seeded training split, test on its test split (final numbers only). Human models "

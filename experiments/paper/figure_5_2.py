@@ -27,6 +27,7 @@ from _report import (
     plot_scales,
     summarize,
     train_and_test,
+    training_subset,
     verdict,
     write_report,
 )
@@ -89,7 +90,7 @@ def main() -> None:
             comparisons.append(interpolated)
     for row in comparisons:
         row["verdict"] = verdict(row)
-    training = f"the first {args.train_images} images of" if args.train_images else "all of"
+    training = training_subset(args)
     body = "\n".join([
         f"Small CNN (three 2x2 max-pools) on {args.dataset}: {training} the seeded training split, validation on "
         "the held-out training images, test on the test split (final numbers only). The human model at inputs "

@@ -34,6 +34,7 @@ from _report import (
     plot_scales,
     summarize,
     train_and_test,
+    training_subset,
     verdict,
     write_report,
 )
@@ -114,10 +115,10 @@ def main() -> None:
     for row in comparisons:
         row["verdict"] = verdict(row)
     human_curve = curves[curves["model"] == "human"].groupby("epoch")["val_top1"].mean()
-    training = f"the first {args.train_images} images of" if args.train_images else "all of"
+    training = training_subset(args)
     body = "\n".join([
-        f"{_label(args)} on {args.dataset} padded to 32x32: {training} the seeded 55,000-image training split, "
-        "validation on the 5,000 held-out training images (curves), test on the full 10,000-image test set "
+        f"{_label(args)} on {args.dataset} padded to 32x32: {training} the seeded training split, "
+        "validation on the held-out training images (curves), test on the test split "
         f"(final numbers only). {RECIPE}. Human models {args.epochs} epochs, DynOPool models {long} (25% longer, "
         "as in the thesis). GMACs are fvcore's count of the trained model (DynOPool's sampling included).", "",
         f"DynOPool-S's lambda, chosen on pilot seed {PILOT_SEED} (GMACs only) from {args.lambdas}: **{lam:g}**", "",

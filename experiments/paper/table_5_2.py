@@ -43,6 +43,7 @@ from _report import (
     resizers,
     summarize,
     train_and_test,
+    training_subset,
     verdict,
     write_report,
 )
@@ -161,7 +162,7 @@ def main() -> None:
     for row in comparisons:
         row["verdict"] = verdict(row)
     human_curve = curves[curves["model"] == HUMAN].groupby("epoch")["val_top1"].mean()
-    training = f"the first {args.train_images} images of" if args.train_images else "all of"
+    training = training_subset(args)
     long = dynopool_epochs(args.epochs)
     body = "\n".join([
         f"{backbone} on {args.dataset} padded to {SIZE}x{SIZE}: {training} the seeded training split, validation on "
