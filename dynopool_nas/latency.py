@@ -1,30 +1,43 @@
 """A measured, differentiable latency model: the hardware-aware analogue of :class:`~dynopool_nas.cost.GMACsCost`.
 
-GMACs are a proxy; on a real device depthwise convolutions, memory-bound layers and odd map sizes
-make latency diverge from MACs (the reason ProxylessNAS and FBNet search against measured latency
-tables). Those tables price a discrete choice; DynOPool needs the price of a *continuous*
-feature-map size. So each layer is timed alone on a grid of input sizes and fitted by a smooth
-model of its input size ``(H, W)``, and the model's latency is the sum of its layers' fits at the
-DynOPools' straight-through sizes (:func:`~dynopool_nas.ops.ste_output_size`), built with the
+GMACs are a proxy; on a real device depthwise convolutions, memory-bound layers and odd feature-map
+sizes make latency diverge from MACs (the reason ProxylessNAS and FBNet search against measured
+latency tables). Those tables price a discrete choice; DynOPool needs the price of a *continuous*
+feature-map size. So each unit of a model is timed alone on a grid of input sizes and fitted by a
+smooth model of its input size ``(H, W)``, and the model's latency is the sum of its units' fits at
+the DynOPools' straight-through sizes (:func:`~dynopool_nas.ops.ste_output_size`), built with the
 same size-dependency probe as the GMACs cost.
 
-Measurement (:class:`LatencyTable`): each layer is run on a copy of itself, on random inputs of
+Units (:func:`_units`): every DynOPool, and the largest modules that hold no DynOPool and no choice
+of a supernet below themselves -- a residual block with its addition, a squeeze-excite with its
+inline multiply, a DARTS cell with its sums, a whole model without a DynOPool. Timing blocks
+rather than layers prices the work a container's ``forward`` does between its children, which a
+sum of layers misses (on the cell and EfficientNet-derived spaces, layers alone predicted 70-90%
+of the measured latency); only the inline work of the containers that hold a DynOPool or a
+choice is not timed. Identical units at the same size share one measurement.
+
+Measurement (:class:`LatencyTable`): each unit is run on a copy of itself, on random inputs of
 the grid's sizes, batch 1 by default, under fixed threads (``torch.set_num_threads``, recorded in
 the device fingerprint), after warm-up; one sample is the mean of enough calls to last about
 ``target_ms``; the samples of all points are taken in rounds, the points in a new random order
 every round (interleaved, so that a burst of load on a shared machine spreads over all points
-instead of biasing one), and a point's value is the median of its rounds. Points are cached per
-device in ``$XDG_CACHE_HOME/dynopool_nas/latency/<fingerprint>.json`` (``~/.cache`` by default),
-keyed by the layer's configuration and input shape, so identical layers are measured once, ever.
-Noise on a shared machine: the median drops samples that another process preempted, not a load
-that lasts a whole build; and with as many threads as busy cores a parallel operator waits for
-a descheduled partner thread (on this 2-core machine at load 3, a small model's table took 37 s
-at 2 threads and 0.2 s at 1, and its layers read several times slower): measure with fewer
-threads than free cores, and rebuild (delete the cache file) a table built under load.
+instead of biasing one), and a point's value is the median of its rounds. At one CPU thread a
+sample is the thread's CPU time (every operator runs in the calling thread; time it spends
+preempted by another process is not counted), otherwise wall-clock time after a synchronisation.
+Points are cached per device in ``$XDG_CACHE_HOME/dynopool_nas/latency/<fingerprint>.json``
+(``~/.cache`` by default), keyed by the unit's configuration and input shape, so identical units
+are measured once, ever.
+
+Noise on a shared machine: the median drops samples that another process disturbed, and the
+thread clock drops preemption, but not a load that lasts a whole build and shares the core's
+caches and memory bandwidth (two processes on this 2-core machine slow each other by 10-30%
+even in CPU time); and with as many threads as busy cores a parallel operator waits for a
+descheduled partner thread: measure with fewer threads than free cores, and rebuild (delete the
+cache file) a table built under load.
 
 Fit (:func:`fit_affine`): ``latency = a + b * x`` with ``a, b >= 0`` by least squares, where ``x``
-is the input area ``H * W`` of a layer (the work of a convolution, a normalisation, an
-activation or a pooling is proportional to it) and, for a DynOPool, its work per channel
+is the input area ``H * W`` of a unit (the work of a convolution, a normalisation, an activation
+or a pooling is proportional to it) and, for a DynOPool, its work per channel
 (:func:`~dynopool_nas.cost._dynopool_work`, which also depends on its output size and on whether
 its query points are pixels). ``a`` is the per-call overhead, ``b`` the cost per pixel. The fit
 is monotone by construction, so shrinking a map never raises the predicted latency, and it
@@ -34,14 +47,8 @@ the 3 x 3 even-indexed sub-grid of 5 x 5 scales, 157 layers of three converted C
 2512 points between them, 1 thread on a loaded 2-core machine): the affine fit's relative error
 was 15% median and 50% at the 90th percentile, the interpolant's 7% and 64%, and the
 interpolant was non-monotone (a larger map predicted faster, a wrong-signed gradient) in 124 of
-the 157 layers. The affine fit is used for its sign and its tail; a monotone interpolant
-(cumulative maximum of the grid, then bilinear) is the candidate to close the median gap.
+the 157 layers. The affine fit is used for its sign and its tail.
 (``a + b * x + c * H``, ``a + b * x^p`` and ``log ms`` linear in ``log x`` gave 13-14% median.)
-
-Not timed: work done by a container's own ``forward`` between its children (a residual
-addition, ``torch.stack``, a functional pooling or squeeze-excite multiply written inline); only
-modules are timed (leaves, and ``Conv``/``BatchNorm``/``Linear``/DynOPool modules even where
-they have children, e.g. timm's ``BatchNormAct2d``, whose children are then part of them).
 """
 
 from __future__ import annotations
@@ -75,10 +82,6 @@ __all__ = ["DEFAULT_SCALES", "LatencyCost", "LatencyTable", "device_fingerprint"
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
 """Scale factors of a layer's initial height and width; the grid is every (height, width) pair."""
 
-_WORK_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear, DynOPool2d,
-)
-"""Modules timed as a whole even when they have children (timm's BatchNormAct2d is a BatchNorm2d)."""
 
 MODES = ("inference", "training")
 """``inference``: forward without gradients, modules in eval mode; ``training``: forward and
@@ -157,13 +160,20 @@ def fit_affine(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- measurement
 
 
-def _time_ms(run: Callable[[], object], number: int, sync: Callable[[], None]) -> float:
+def _clock_for(device: torch.device) -> Callable[[], float]:
+    """The clock of a sample: on a CPU at one thread, the calling thread's CPU time (every
+    operator runs in it, and time the thread spends preempted by another process is not
+    counted); otherwise wall-clock time (several threads, or a GPU after a synchronisation)."""
+    return time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+
+def _time_ms(run: Callable[[], object], number: int, sync: Callable[[], None], clock: Callable[[], float]) -> float:
     sync()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(number):
         run()
     sync()
-    return (time.perf_counter() - start) * 1e3 / number
+    return (clock() - start) * 1e3 / number
 
 
 def _sync_for(device: torch.device) -> Callable[[], None]:
@@ -210,7 +220,7 @@ def _measure(
     description: str,
 ) -> dict[str, float]:
     """Median milliseconds per call of every job (a factory of a runner), in interleaved rounds."""
-    sync = _sync_for(device)
+    sync, clock = _sync_for(device), _clock_for(device)
     numbers: dict[str, int] = {}
     samples: dict[str, list[float]] = {key: [] for key in jobs}
     order = list(jobs)
@@ -220,7 +230,7 @@ def _measure(
             run = jobs[key]()
             for _ in range(max(warmup, 1)):
                 run()
-            single = _time_ms(run, 1, sync)
+            single = _time_ms(run, 1, sync, clock)
             numbers[key] = max(1, min(1000, math.ceil(target_ms / max(single, 1e-4))))
             bar.update()
         for _ in range(repeats):
@@ -228,7 +238,7 @@ def _measure(
             for key in order:
                 run = jobs[key]()
                 run()
-                samples[key].append(_time_ms(run, numbers[key], sync))
+                samples[key].append(_time_ms(run, numbers[key], sync, clock))
                 bar.update()
     return {key: statistics.median(values) for key, values in samples.items()}
 
@@ -377,20 +387,24 @@ class LatencyTable:
 # ----------------------------------------------------------------------------- layers of a model
 
 
-def _units(model: nn.Module) -> dict[str, nn.Module]:
-    """The modules that are timed: leaves and :data:`_WORK_TYPES`, none inside another one."""
+def _units(model: nn.Module, gates: Mapping[str, Gate]) -> dict[str, nn.Module]:
+    """The modules that are timed, each as a whole: every DynOPool2d, and the largest modules
+    that hold no DynOPool2d and no gated module below themselves (a block with its residual
+    addition, a squeeze-excite with its inline multiply, a whole model without a DynOPool).
+    Only the inline work of the containers that hold a DynOPool or a choice is not timed."""
+    holds_pool = {name for name, module in model.named_modules()
+                  if any(isinstance(inner, DynOPool2d) for inner in module.modules())}
     units: dict[str, nn.Module] = {}
-    inside: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in inside):
-            continue
-        has_children = any(True for _ in module.children())
-        if isinstance(module, _WORK_TYPES) or not has_children:
-            if name == "" and has_children:
-                continue
+
+    def visit(name: str, module: nn.Module) -> None:
+        gated_below = any(key != name and (not name or key.startswith(name + ".")) for key in gates)
+        if isinstance(module, DynOPool2d) or (name not in holds_pool and not gated_below):
             units[name] = module
-            if has_children:
-                inside.append(name)
+            return
+        for child_name, child in module.named_children():
+            visit(f"{name}.{child_name}" if name else child_name, child)
+
+    visit("", model)
     return units
 
 
@@ -399,22 +413,21 @@ def _shapes(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _resized(shapes: tuple[Any, ...], old: tuple[int, int], new: tuple[int, int]) -> tuple[Any, ...]:
-    """``shapes`` with every 4-D shape of spatial size ``old`` given spatial size ``new``."""
+    """``shapes`` with every feature-map shape (4-D or more, spatial last) of size ``old`` given size ``new``."""
     return tuple(
-        torch.Size((*shape[:2], *new)) if isinstance(shape, torch.Size) and len(shape) == 4
+        torch.Size((*shape[:-2], *new)) if isinstance(shape, torch.Size) and len(shape) >= 4
         and tuple(shape[-2:]) == old else shape
         for shape in shapes
     )
 
 
 def _config(module: nn.Module) -> str:
-    """A layer's configuration without its learned size (a DynOPool's alpha is a grid axis)."""
+    """A unit's configuration without its learned size (a DynOPool's alpha is a grid axis): its
+    whole ``repr`` (hashed when long), so that identical blocks share their measurements."""
     if isinstance(module, DynOPool2d):
         return f"aggregation={module.aggregation!r}, min_size={module.min_size}"
-    text = module.extra_repr()
-    for child_name, child in module.named_children():  # a work module with children: theirs too
-        text += f", {child_name}={child!r}"
-    return text.replace("\n", " ")
+    text = repr(module).replace("\n", " ")
+    return text if len(text) <= 200 else f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:24]}"
 
 
 def _key(module: nn.Module, shapes: tuple[Any, ...], mode: str, out_size: tuple[int, int] | None = None) -> str:
@@ -535,22 +548,27 @@ class LatencyCost:
                                  param.dtype if param is not None else torch.float32)
         example = torch.zeros(batch_size, *input_size, device=param.device if param is not None else None,
                               dtype=param.dtype if param is not None else None)
-        units = _units(model)
+        gates = dict(gates or {})
+        units = _units(model, gates)
         names = {id(module): name for name, module in units.items()}
+        governing: dict[str, list[int]] = {}  # per call: the size source of the unit's input
         recorded: dict[str, list[tuple[tuple[Any, ...], tuple[int, int] | None]]] = {}
+        probe = _Probe(model, tuple(example.shape[-2:]))
+
+        def enter(module: nn.Module, args: tuple[Any, ...]) -> None:
+            governing.setdefault(names[id(module)], []).append(probe._governing(_spatial_of(_shapes(args))))
 
         def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             recorded.setdefault(names[id(module)], []).append((_shapes(args), _spatial(output)))
 
-        probe = _Probe(model, tuple(example.shape[-2:]))
-        handles = [module.register_forward_hook(record) for module in units.values()]
+        handles = [module.register_forward_pre_hook(enter) for module in units.values()]
+        handles += [module.register_forward_hook(record) for module in units.values()]
         try:
             probe.run(example)
         finally:
             for handle in handles:
                 handle.remove()
         variable = _is_variable(probe.sources)
-        gates = dict(gates or {})
 
         plans: list[tuple[str, int, bool, list[_Point]]] = []
         for name, calls in recorded.items():
@@ -566,7 +584,7 @@ class LatencyCost:
             copied = copy.deepcopy(module).to(device=table.device, dtype=table.dtype)
             copied.train(table.mode == "training")
             for index, (shapes, _) in enumerate(calls):
-                source = probe.calls.get(name, [-1] * len(calls))[index]
+                source = governing[name][index]
                 in0 = _spatial_of(shapes)
                 grow = source >= 0 and variable[source] and in0 == probe.sources[source].size0
                 sizes = _grid(in0, scales) if grow and in0 is not None else [in0]
@@ -633,7 +651,8 @@ class LatencyCost:
 
 
 def _spatial_of(shapes: tuple[Any, ...]) -> tuple[int, int] | None:
+    """The spatial size of the first feature map (4-D or more, spatial last) among ``shapes``."""
     for shape in shapes:
-        if isinstance(shape, torch.Size) and len(shape) == 4:
+        if isinstance(shape, torch.Size) and len(shape) >= 4:
             return int(shape[-2]), int(shape[-1])
     return None

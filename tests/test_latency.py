@@ -158,7 +158,7 @@ def test_model_without_dynopool_has_a_constant_cost():
     with pytest.warns(UserWarning, match="no DynOPool2d"):
         cost = LatencyCost.from_model(model, (1, 8, 8), LatencyTable(**QUICK), scales=SCALES)
     assert not cost().requires_grad and cost().item() > 0
-    assert cost.table.measured == 4  # one size per layer
+    assert cost.table.measured == 1  # no DynOPool: the whole model is one unit, timed at its one size
 
 
 @pytest.mark.parametrize("input_size", [(32, 32), (1, 3, 32, 32), torch.zeros(1, 3, 8, 8)])
@@ -172,3 +172,40 @@ def test_bad_mode_and_scales_are_refused():
         LatencyTable(mode="train")
     with pytest.raises(ValueError, match="scales"):
         LatencyCost.from_model(_chain(), (3, 8, 8), LatencyTable(**QUICK), scales=(1.0, -0.5))
+
+
+class ResidualBlock(nn.Module):
+    """A block whose own forward does work between its children (a residual addition)."""
+
+    forwards = 0
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        type(self).forwards += 1
+        return x + self.act(self.conv(x))
+
+
+def test_a_block_without_dynopool_is_timed_whole_with_its_own_work():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), DynOPool2d(0.5, name="p1"), ResidualBlock(8), ResidualBlock(8),
+        DynOPool2d(0.6, name="p2"), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)),
+    )
+    ResidualBlock.forwards = 0
+    cost = LatencyCost.from_model(model, (3, 16, 16), LatencyTable(**QUICK), scales=SCALES)
+    assert set(cost.layer_ms()) == {"0", "1", "2", "3", "4", "5"}  # blocks and the head whole, not their layers
+    # the probe's forward calls each block once; the table's measurements call them many times more
+    assert ResidualBlock.forwards > 2 * 10
+    # the two identical blocks at the same size share one measurement
+    grid = {key for key in cost.table.entries if "ResidualBlock" in key}
+    assert len(grid) == len(SCALES) ** 2
+
+
+def test_modules_holding_a_choice_are_split_at_its_gates():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), TwoBranches(channels=8))
+    gates = {f"1.{key}": gate for key, gate in branch_gates(torch.tensor(0.0)).items()}
+    cost = LatencyCost.from_model(model, (3, 16, 16), LatencyTable(**QUICK), gates, scales=SCALES)
+    assert set(cost.layer_ms()) == {"0", "1.small", "1.large", "1.pool"}
