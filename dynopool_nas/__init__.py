@@ -1,7 +1,7 @@
 """dynopool-nas: DynOPool (Dynamically Optimized Pooling) as a learnable resizing layer.
 
 This package is plain PyTorch; the NNI integration lives in ``search_spaces`` and
-``strategies``, and the command line in ``commands``.
+``strategies``, and the command line in ``strategies.commands``.
 """
 
 from ._lazy import lazy_exports
@@ -13,7 +13,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "cost": ("GMACsCost", "MACsReport", "count_macs"),
     "data": ("DATASETS", "DataSplits", "DigitsDataset", "load_dataset"),
     "freeze": ("FixedDynOPool2d", "freeze_dynopools"),
-    "latency": ("LatencyCost", "LatencyTable", "measure_model"),
+    "latency": ("LatencyCost", "LatencyTable", "measure_model", "measure_models"),
     "layer": ("DynOPool2d",),
     "models": ("create_model",),
     "ops": ("dynopool2d", "ste_output_size"),

@@ -35,20 +35,20 @@ even in CPU time); and with as many threads as busy cores a parallel operator wa
 descheduled partner thread: measure with fewer threads than free cores, and rebuild (delete the
 cache file) a table built under load.
 
-Fit (:func:`fit_affine`): ``latency = a + b * x`` with ``a, b >= 0`` by least squares, where ``x``
-is the input area ``H * W`` of a unit (the work of a convolution, a normalisation, an activation
-or a pooling is proportional to it) and, for a DynOPool, its work per channel
+Fit (:func:`fit_monotone`): the isotonic least-squares fit of a unit's measured grid against
+``x``, the unit's input area ``H * W`` (the work of a convolution, a normalisation, an
+activation or a pooling is proportional to it) or, for a DynOPool, its work per channel
 (:func:`~dynopool_nas.cost._dynopool_work`, which also depends on its output size and on whether
-its query points are pixels). ``a`` is the per-call overhead, ``b`` the cost per pixel. The fit
-is monotone by construction, so shrinking a map never raises the predicted latency, and it
-extrapolates linearly beyond the grid. Against bilinear interpolation of log latency on the log
-grid, judged on held-out grid points (``experiments/latency_validation.py --held-out``: fits on
-the 3 x 3 even-indexed sub-grid of 5 x 5 scales, 157 layers of three converted CIFAR models,
-2512 points between them, 1 thread on a loaded 2-core machine): the affine fit's relative error
-was 15% median and 50% at the 90th percentile, the interpolant's 7% and 64%, and the
-interpolant was non-monotone (a larger map predicted faster, a wrong-signed gradient) in 124 of
-the 157 layers. The affine fit is used for its sign and its tail.
-(``a + b * x + c * H``, ``a + b * x^p`` and ``log ms`` linear in ``log x`` gave 13-14% median.)
+its query points are pixels), interpolated linearly between its knots and continued beyond the
+grid with the slope of the non-negative affine fit ``a + b * x`` (:func:`fit_affine`). It is
+monotone by construction, so shrinking a map never raises the predicted latency. History of the
+choice (``experiments/latency_validation.py --held-out``: fits on the 3 x 3 even-indexed sub-grid
+of 5 x 5 scales, judged on the 16 points between them, 157 layers of three converted CIFAR
+models, 1 thread on a loaded 2-core machine): the affine fit alone erred by 15% median and 50% at
+the 90th percentile, bilinear interpolation of log latency by 7% and 64% but was non-monotone (a
+larger map predicted faster, a wrong-signed gradient) in 124 of the 157 layers; the monotone
+interpolant keeps the interpolant's median without its wrong signs (the page
+``docs/results/latency.md`` has the numbers of the current version).
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ from ._utils import atomic_write, example_input
 from .cost import Gate, GMACsCost, _dynopool_work, _Probe, _Source, _spatial, gate_keys
 from .layer import DynOPool2d
 
-__all__ = ["DEFAULT_SCALES", "LatencyCost", "LatencyTable", "device_fingerprint", "fit_affine", "measure_model"]
+__all__ = [
+    "DEFAULT_SCALES", "LatencyCost", "LatencyTable", "MonotoneFit", "device_fingerprint", "fit_affine", "fit_monotone",
+    "measure_model", "measure_models",
+]
 
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
 """Scale factors of a layer's initial height and width; the grid is every (height, width) pair."""
@@ -155,6 +158,54 @@ def fit_affine(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     if sx2 > 0:
         candidates.append((0.0, max(sum(u * v for u, v in zip(x, y)) / sx2, 0.0)))
     return min(candidates, key=lambda ab: sum((ab[0] + ab[1] * u - v) ** 2 for u, v in zip(x, y)))
+
+
+@dataclass(frozen=True)
+class MonotoneFit:
+    """A unit's latency as a function of its work ``x``: the piecewise-linear interpolant of
+    ``knots`` (``x`` ascending, milliseconds non-decreasing) inside them, and beyond them lines of
+    the affine fit's ``slope`` (:func:`fit_affine`) from the end knots. Non-decreasing everywhere,
+    so a smaller map is never predicted slower and every gradient to a scale has the right sign."""
+
+    knots: tuple[tuple[float, float], ...]
+    slope: float
+
+    def __call__(self, x: Tensor) -> Tensor:
+        (first_x, first_y), (last_x, last_y) = self.knots[0], self.knots[-1]
+        at = float(x.detach())
+        if at <= first_x:
+            return (first_y + self.slope * (x - first_x)).clamp_min(0.0)
+        if at >= last_x:
+            return last_y + self.slope * (x - last_x)
+        for (x0, y0), (x1, y1) in zip(self.knots, self.knots[1:]):
+            if at <= x1:
+                return y0 + (y1 - y0) / (x1 - x0) * (x - x0)
+        raise AssertionError("unreachable: x lies between the knots")
+
+
+def fit_monotone(x: Sequence[float], y: Sequence[float]) -> MonotoneFit:
+    """The isotonic least-squares fit of ``y`` on ``x`` (pool-adjacent-violators; equal ``x``
+    averaged) as the knots of a :class:`MonotoneFit`, with the slope of :func:`fit_affine` beyond
+    them. It follows a measured grid where the affine fit cannot (a convolution whose algorithm
+    changes with the map size) and keeps the affine fit's sign and tail."""
+    if len(x) != len(y) or not x:
+        raise ValueError("fit_monotone needs as many latencies as work values, at least one")
+    by_x: dict[float, list[float]] = {}
+    for u, v in zip(x, y):
+        by_x.setdefault(float(u), []).append(float(v))
+    blocks: list[list[float]] = []  # [x of the first point, sum of y, count, x of the last point]
+    for u in sorted(by_x):
+        blocks.append([u, sum(by_x[u]), len(by_x[u]), u])
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
+            last = blocks.pop()
+            blocks[-1][1] += last[1]
+            blocks[-1][2] += last[2]
+            blocks[-1][3] = last[3]
+    knots: list[tuple[float, float]] = []
+    for first, total, count, last in blocks:
+        for u in dict.fromkeys((first, last)):
+            knots.append((u, total / count))
+    return MonotoneFit(tuple(knots), fit_affine(x, y)[1])
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -243,8 +294,8 @@ def _measure(
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def measure_model(
-    model: nn.Module,
+def measure_models(
+    models: Mapping[str, nn.Module],
     input_size: tuple[int, int, int] | Tensor,
     *,
     mode: str = "inference",
@@ -252,24 +303,35 @@ def measure_model(
     repeats: int = 31,
     warmup: int = 3,
     target_ms: float = 2.0,
-) -> float:
-    """End-to-end latency of ``model`` on one image of ``input_size`` (or on the given batch), in
-    milliseconds: the median of ``repeats`` samples, measured as the layers of a
-    :class:`LatencyTable` are (``mode``, threads, warm-up, samples of about ``target_ms``).
+    progress: bool = False,
+) -> dict[str, float]:
+    """End-to-end latency of every model on one image of ``input_size`` (or on the given batch),
+    in milliseconds: the median of ``repeats`` samples, measured as the units of a
+    :class:`LatencyTable` are (``mode``, threads, warm-up, samples of about ``target_ms``, the
+    thread's CPU clock at one CPU thread), all models interleaved in every round, so that a
+    burst of load on a shared machine reaches each of them alike.
 
     Short samples and a median are what make a shared machine usable: a sample that another
     process preempted is an outlier the median drops, whereas a long sample averages the
     preemption in (on 2 busy cores, 20 ms samples read a 1 ms model up to 2x slow)."""
     _check_mode(mode)
-    example = example_input(model, input_size)
-    device = example.device
-    copied = copy.deepcopy(model)
-    copied.train(mode == "training")
+    jobs: dict[str, Callable[[], Callable[[], object]]] = {}
+    device = torch.device("cpu")
+    for name, model in models.items():
+        example = example_input(model, input_size)
+        device = example.device
+        copied = copy.deepcopy(model)
+        copied.train(mode == "training")
+        jobs[name] = lambda copied=copied, example=example: _runner(copied, lambda: (example.clone(),), mode)
     with _threads(threads or torch.get_num_threads()):
-        times = _measure({"model": lambda: _runner(copied, lambda: (example.clone(),), mode)}, device,
-                         repeats=repeats, warmup=warmup, target_ms=target_ms, seed=0, progress=False,
-                         description="model")
-    return times["model"]
+        return _measure(jobs, device, repeats=repeats, warmup=warmup, target_ms=target_ms, seed=0, progress=progress,
+                        description="models")
+
+
+def measure_model(model: nn.Module, input_size: tuple[int, int, int] | Tensor, **options: Any) -> float:
+    """End-to-end latency of one model in milliseconds (:func:`measure_models`, whose keyword
+    ``options`` it takes)."""
+    return measure_models({"model": model}, input_size, **options)["model"]
 
 
 def _check_mode(mode: str) -> None:
@@ -479,12 +541,11 @@ def _pool_points(pool: DynOPool2d, shapes: tuple[Any, ...], out0: tuple[int, int
 
 @dataclass
 class _Term:
-    """One layer call: its fitted ``a + b * x``, the size source of its input and its gates."""
+    """One unit call: its fitted latency, the size source of its input and its gates."""
 
     name: str
     source: int  # the governing size source of its input (-1: a constant size)
-    a: float
-    b: float
+    fit: MonotoneFit
     pool: bool = False  # x is the DynOPool work between its parent source and itself
     keys: tuple[str, ...] = field(default_factory=tuple)
     samples: tuple[tuple[int, int, float, float], ...] = ()  # (height, width, x, ms) of the grid
@@ -500,16 +561,16 @@ def _is_variable(sources: list[_Source]) -> list[bool]:
 class LatencyCost:
     """Differentiable predicted latency (milliseconds) of a model at a reference input size.
 
-    ``latency = sum_l (a_l + b_l * x_l)``: for every timed layer ``l`` (see the module
-    description) ``x_l = H_l W_l``, its current input area, built from the DynOPools'
-    straight-through sizes exactly as :class:`~dynopool_nas.cost.GMACsCost` builds it, and for
-    a DynOPool its work per channel at its current input and output sizes; ``a_l, b_l >= 0``
-    are fitted on its measured grid (:func:`fit_affine`). A layer whose input size no DynOPool
-    sets is a constant, timed at its one size. So every upstream ``alpha`` gets a gradient and
-    a smaller map is never predicted slower. Calling the object costs a few scalar operations
-    per layer: no forward pass.
+    ``latency = sum_u f_u(x_u)``: for every timed unit ``u`` (see the module description)
+    ``x_u = H_u W_u``, its current input area, built from the DynOPools' straight-through sizes
+    exactly as :class:`~dynopool_nas.cost.GMACsCost` builds it, and for a DynOPool its work per
+    channel at its current input and output sizes; ``f_u`` is the monotone fit of its measured
+    grid (:func:`fit_monotone`). A unit whose input size no DynOPool sets is a constant, timed at
+    its one size. So every upstream ``alpha`` gets a gradient of the right sign and a smaller map
+    is never predicted slower. Calling the object costs a few scalar operations per unit: no
+    forward pass.
 
-    ``gates`` (a supernet's choices) weight every layer at or below a gated module by the
+    ``gates`` (a supernet's choices) weight every unit at or below a gated module by the
     product of its gates, as in :class:`~dynopool_nas.cost.GMACsCost`: the expected latency
     under the architecture distribution (or, ``hard=True``, the derived architecture's).
     """
@@ -600,12 +661,8 @@ class LatencyCost:
         for name, source, pool, points in plans:
             xs = [point.feature for point in points]
             ys = [table.entries[point.key] for point in points]
-            if len(points) == 1:
-                a, b = ys[0], 0.0
-            else:
-                a, b = fit_affine(xs, ys)
             samples = tuple((*(p.size or (0, 0)), p.feature, y) for p, y in zip(points, ys))
-            terms.append(_Term(name, source, a, b, pool, gate_keys(name, gates), samples))
+            terms.append(_Term(name, source, fit_monotone(xs, ys), pool, gate_keys(name, gates), samples))
         if not any(s.pool is not None for s in probe.sources):
             warnings.warn("LatencyCost: the model has no DynOPool2d; the cost is a constant", stacklevel=2)
         return cls(probe.sources, terms, gates, table)
@@ -615,12 +672,12 @@ class LatencyCost:
     feature_map_sizes = GMACsCost.feature_map_sizes
 
     def _value(self, term: _Term, sizes: list[Tensor]) -> Tensor:
-        """One layer call's ``a + b * x`` at ``sizes`` (float64), ungated."""
+        """One unit call's fitted latency at ``sizes`` (float64), ungated."""
         if term.source < 0:
-            return sizes[0].new_tensor(term.a)
+            return sizes[0].new_tensor(term.fit.knots[0][1])
         if term.pool:
-            return term.a + term.b * _dynopool_work(sizes[self.sources[term.source].parent], sizes[term.source])
-        return term.a + term.b * sizes[term.source].prod()
+            return term.fit(_dynopool_work(sizes[self.sources[term.source].parent], sizes[term.source]))
+        return term.fit(sizes[term.source].prod())
 
     def __call__(self, hard: bool = False) -> Tensor:
         """Predicted latency in milliseconds (float64), differentiable w.r.t. every DynOPool's

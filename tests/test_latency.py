@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.cpp_extension import get_default_build_root
 
 from dynopool_nas import DynOPool2d, LatencyCost, LatencyTable, measure_model
-from dynopool_nas.latency import cache_dir, device_fingerprint, fit_affine
+from dynopool_nas.latency import cache_dir, device_fingerprint, fit_affine, fit_monotone
 
 # Tiny grids and short samples: the machine is shared, so no test asserts a tight timing.
 SCALES = (0.5, 1.0)
@@ -50,6 +50,24 @@ def test_fit_affine_is_least_squares_and_never_negative():
     a, b = fit_affine([1, 2, 3], [0.5, 2.5, 4.5])  # negative intercept: through the origin
     assert a == 0 and b == pytest.approx((0.5 + 5 + 13.5) / 14)
     assert fit_affine([7], [2.0]) == (2.0, 0.0)
+
+
+def test_fit_monotone_follows_the_grid_pools_violators_and_continues_with_the_affine_slope():
+    fit = fit_monotone([1, 2, 3, 4, 5], [1.0, 3.0, 2.0, 4.0, 8.0])  # 3 then 2: pooled to 2.5
+    assert fit.knots == ((1, 1.0), (2, 2.5), (3, 2.5), (4, 4.0), (5, 8.0))
+    slope = fit_affine([1, 2, 3, 4, 5], [1.0, 3.0, 2.0, 4.0, 8.0])[1]
+    assert fit.slope == pytest.approx(slope)
+    x = torch.tensor(3.5, dtype=torch.float64, requires_grad=True)
+    value = fit(x)
+    value.backward()
+    assert value.item() == pytest.approx(3.25) and x.grad.item() == pytest.approx(1.5)
+    assert fit(torch.tensor(7.0, dtype=torch.float64)).item() == pytest.approx(8.0 + 2 * slope)
+    assert fit(torch.tensor(-100.0, dtype=torch.float64)).item() == 0.0  # never negative
+    grid = torch.linspace(-1, 8, 91, dtype=torch.float64)
+    values = torch.stack([fit(v) for v in grid])
+    assert (values.diff() >= 0).all()
+    # equal work (an H x W and a W x H map) is averaged into one knot
+    assert fit_monotone([2, 2, 4], [1.0, 3.0, 5.0]).knots == ((2, 2.0), (4, 5.0))
 
 
 def test_gradient_reaches_every_alpha_and_a_smaller_map_is_predicted_faster():
