@@ -27,14 +27,18 @@ from dynopool_nas._utils import atomic_write, eval_mode, example_input
 from dynopool_nas.convert import PLACEMENTS
 
 __all__ = [
-    "METRICS", "SCHEMA_VERSION", "architecture_record", "build_model", "dynopool_name", "load_architecture",
-    "load_weights", "name_dynopools", "save_architecture", "save_weights",
+    "METRICS", "OPTIONAL_METRICS", "SCHEMA_VERSION", "architecture_record", "build_model", "dynopool_name",
+    "load_architecture", "load_weights", "name_dynopools", "save_architecture", "save_weights",
 ]
 
 SCHEMA_VERSION = 1
 _REQUIRED = {"schema_version": int, "input_size": list, "choices": dict, "scales": dict, "sizes": dict}
 METRICS = ("default", "gmacs", "params")
 """The metrics an architecture records: validation top-1 (``'default'``), GMACs and parameters."""
+OPTIONAL_METRICS = ("latency_ms",)
+"""The metrics an architecture records where they are known: ``'latency_ms'``, its predicted
+latency (:class:`~dynopool_nas.LatencyCost`) in milliseconds per image on the device whose
+latency table priced it. An ``arch.json`` without them (older ones) loads as before."""
 _UNNAMED = DynOPool2d.__name__  # the name a DynOPool2d created without ``name=`` carries
 
 
@@ -74,21 +78,27 @@ def architecture_record(
 ) -> dict[str, Any]:
     """The ``arch.json`` document of an architecture: its ``input_size`` (channels, height, width),
     the categorical ``choices``, every DynOPool's scale ``(r_h, r_w)`` and feature-map size by
-    name, the :data:`METRICS` of ``metrics`` (left out when ``None``), and ``fields``, what
-    records the space (:func:`~search_spaces.registry.space_fields` or
-    :func:`~search_spaces.registry.space_record`) and ``num_classes``. Raises ``ValueError`` for a
-    document :func:`load_architecture` would refuse."""
+    name, the :data:`METRICS` of ``metrics`` (left out when ``None``) and those of
+    :data:`OPTIONAL_METRICS` it holds, and ``fields``, what records the space
+    (:func:`~search_spaces.registry.space_fields` or :func:`~search_spaces.registry.space_record`)
+    and ``num_classes``. Raises ``ValueError`` for a document :func:`load_architecture` would
+    refuse."""
     arch = {
         "schema_version": SCHEMA_VERSION,
         "input_size": list(input_size),
         "choices": dict(choices),
         "scales": {name: list(scale) for name, scale in scales.items()},
         "sizes": {name: list(size) for name, size in sizes.items()},
-        **({} if metrics is None else {"metrics": {key: metrics[key] for key in METRICS}}),
+        **({} if metrics is None else {"metrics": _metrics(metrics)}),
         **fields,
     }
     _validate(arch, "architecture")
     return arch
+
+
+def _metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`METRICS` of ``metrics`` (each required) and the :data:`OPTIONAL_METRICS` it holds."""
+    return {key: metrics[key] for key in METRICS} | {key: metrics[key] for key in OPTIONAL_METRICS if key in metrics}
 
 
 def save_architecture(arch: dict[str, Any], path: str | Path) -> Path:

@@ -1,11 +1,14 @@
-"""The hardware-aware GMACs constraint of a one-shot search (eq. 4.7, 4.8, and a budget).
+"""The hardware-aware constraints of a one-shot search, on GMACs or on measured latency (eq. 4.7,
+4.8, and a budget): one implementation, :class:`CostConstraint`, whose subclasses
+:class:`GMACsConstraint` and :class:`LatencyConstraint` only name the metric and build its cost.
 
 NNI's ``ProfilerPenalty`` sees only categorical choices and, under DARTS, receives their
 probabilities as Python floats: it gives the architecture no gradient and cannot see a
 DynOPool's scale. :func:`supernet_cost` prices the supernet instead: every candidate of a
 ``LayerChoice`` weighted by its probability, every block of a ``Repeat`` by the probability
 that the depth keeps it, every width/kernel choice of a mixed operation by its expected share,
-and every spatial size from the DynOPools' straight-through sizes.
+and every spatial size from the DynOPools' straight-through sizes. :func:`supernet_latency_cost`
+weights a measured :class:`~dynopool_nas.LatencyCost` by the same gates.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from search_spaces import _nni, _nni_compat  # noqa: F401  (NNI quietly, then th
 
 import math
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -28,8 +32,12 @@ from torch import Tensor, nn
 from dynopool_nas import GMACsCost
 from dynopool_nas._utils import eval_mode, example_input
 from dynopool_nas.cost import Gate, gate_keys
+from dynopool_nas.latency import LatencyCost, LatencyTable
 
-__all__ = ["GMACsConstraint", "derived_parameter_count", "supernet_cost", "supernet_gates"]
+__all__ = [
+    "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric", "derived_parameter_count",
+    "supernet_cost", "supernet_gates", "supernet_latency_cost",
+]
 
 _CHANNEL_ARGUMENTS = ("in_channels", "out_channels", "in_features", "out_features", "num_features")
 
@@ -152,6 +160,16 @@ def supernet_cost(model: nn.Module, input_size: tuple[int, int, int]) -> GMACsCo
     return GMACsCost.from_model(model, input_size, gates=supernet_gates(model, input_size))
 
 
+def supernet_latency_cost(
+    model: nn.Module, input_size: tuple[int, int, int], table: LatencyTable | None = None
+) -> LatencyCost:
+    """The expected latency (ms) of a one-shot supernet, with the gates of :func:`supernet_cost`
+    (call with ``hard=True`` for the predicted latency of the architecture derived at that
+    moment). ``table``: see :meth:`~dynopool_nas.LatencyCost.from_model` (default: the cached
+    table of the model's device)."""
+    return LatencyCost.from_model(model, input_size, table, gates=supernet_gates(model, input_size))
+
+
 def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:
     """Parameters of the architecture currently derived from a supernet: a gated parameter counts
     when its choice is taken, a mixed operation's by the share of its chosen width and kernel;
@@ -169,61 +187,90 @@ def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:
     return round(total)
 
 
-class GMACsConstraint:
-    """The hardware-aware GMACs constraint of a search. Exactly one of:
+@dataclass(frozen=True)
+class Metric:
+    """What a :class:`CostConstraint` constrains: its ``name`` in messages, its ``unit``, the
+    key under which its expected value is logged, and the cost attribute holding its initial
+    value (the unit of a relative ``lam``)."""
 
-    * ``lam``: a GMACs term added to the architecture loss (eq. 4.8). By default it is relative,
-      ``lam * GMACs / GMACs_0``, with ``GMACs_0`` the supernet's expected GMACs per image when
-      the search starts: unit-free, the same meaning for every model and input size. ``lam`` is
-      the task loss (cross-entropy, in nats) that the whole initial cost is worth: at ``lam =
-      0.1`` the search gives up 0.01 of validation loss to save a tenth of the initial GMACs.
+    name: str
+    unit: str
+    log_key: str
+    initial: str
+
+
+GMACS = Metric("GMACs", "GMACs", "expected_gmacs", "initial_gmacs")
+LATENCY = Metric("latency", "ms", "expected_latency_ms", "initial_ms")
+
+
+class CostConstraint:
+    """A hardware-aware constraint of a search on a differentiable cost of the model (the base of
+    :class:`GMACsConstraint` and :class:`LatencyConstraint`, which set :attr:`metric` and
+    :meth:`supernet_cost`). Exactly one of:
+
+    * ``lam``: the cost added to the architecture loss (eq. 4.8). By default it is relative,
+      ``lam * cost / cost_0``, with ``cost_0`` the supernet's expected cost per image when the
+      search starts: unit-free, the same meaning for every model, input size and device. ``lam``
+      is the task loss (cross-entropy, in nats) that the whole initial cost is worth: at ``lam =
+      0.1`` the search gives up 0.01 of validation loss to save a tenth of the initial cost.
       Useful values lie between about 0.01 (barely priced) and 1 (scales fall until the task
       suffers); sweep a few on a short search. ``relative=False`` is the thesis's absolute form,
-      ``lam * GMACs`` (``lam`` in loss per GMAC, so its effect depends on the model's size: the
-      same search needs ``lam_absolute = lam_relative / GMACs_0``);
-    * ``budget``: a target in GMACs per image. After every step all DynOPool scales are
-      multiplied by one common factor, found by bisection on the analytic cost, that brings the
-      GMACs of the architecture derived at that moment to the budget (to the nearest size the
-      rounding allows). Gradient steps still decide how resolution is spread over the layers and
-      axes; the projection holds the total, so no trade-off weight needs tuning. A budget the
-      scales cannot reach is held at the nearest end of the reachable range, with one warning
-      that names the range (see :meth:`project`).
+      ``lam * cost`` (``lam`` in loss per unit of the cost, so its effect depends on the model's
+      size: the same search needs ``lam_absolute = lam_relative / cost_0``);
+    * ``budget``: a target cost per image. After every step all DynOPool scales are multiplied
+      by one common factor, found by bisection on the cost, that brings the cost of the
+      architecture derived at that moment (``cost(hard=True)``) to the budget (to the nearest
+      size the rounding allows). Gradient steps still decide how resolution is spread over the
+      layers and axes; the projection holds the total, so no trade-off weight needs tuning. A
+      budget the scales cannot reach is held at the nearest end of the reachable range, with
+      one warning that names the range (see :meth:`project`).
     """
 
     CHECK_EVERY = 100
+    metric: Metric
+    budget_argument = "budget"  # the budget's name in the constructor, for messages
 
     def __init__(self, lam: float | None = None, budget: float | None = None, *, relative: bool = True) -> None:
+        unit, argument = self.metric.unit, self.budget_argument
         if (lam is None) == (budget is None):
-            raise ValueError("GMACsConstraint takes exactly one of lam (eq. 4.8) and budget (GMACs per image)")
+            kind = type(self).__name__
+            raise ValueError(f"{kind} takes exactly one of lam (eq. 4.8) and {argument} ({unit} per image)")
         if lam is not None and not (math.isfinite(lam) and lam >= 0):
             raise ValueError(f"lam must be a non-negative number, got {lam!r}")
         if budget is not None and not (math.isfinite(budget) and budget > 0):
-            raise ValueError(f"budget must be a positive number of GMACs, got {budget!r}")
+            raise ValueError(f"{argument} must be a positive number of {unit}, got {budget!r}")
         self.lam, self.budget, self.relative = lam, budget, relative
-        self.cost: GMACsCost | None = None
+        self.cost: Any = None
         self._warned = False
         self._calls = 0
 
-    def bind(self, cost: GMACsCost) -> GMACsConstraint:
+    def supernet_cost(self, model: nn.Module, input_size: tuple[int, int, int]) -> Any:
+        """The expected cost of a one-shot supernet, the one :meth:`bind` takes in a search."""
+        raise NotImplementedError
+
+    def bind(self, cost: Any) -> CostConstraint:
         """Attach the cost of the model being searched; in budget mode, fix the range in which
         :meth:`project` may move every scale (at the model's state now)."""
         if self.budget is not None and not _scales(cost):
-            raise ValueError("a GMACs budget is held by DynOPool scales, and the space has no DynOPool2d; use lam")
+            raise ValueError(
+                f"a {self.metric.name} budget is held by DynOPool scales, and the space has no DynOPool2d; use lam"
+            )
         self.cost = cost
         if self.budget is not None:
             self._alpha_low, self._alpha_high = _alpha_range(cost)
         return self
 
     def __call__(self, loss: Tensor, probs: Any = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """``loss`` plus the GMACs term (lambda mode), and the expected GMACs for logging. The
+        """``loss`` plus the cost term (lambda mode), and the expected cost for logging. The
         signature is that of NNI's DARTS ``penalty`` hook; ``probs`` (floats) is not used."""
         if self.cost is None:
-            raise RuntimeError("GMACsConstraint.bind(cost) must be called before the search starts")
-        gmacs = self.cost()
+            raise RuntimeError(f"{type(self).__name__}.bind(cost) must be called before the search starts")
+        value = self.cost()
+        logged = {self.metric.log_key: value.detach()}
         if self.lam is None:
-            return loss, {"expected_gmacs": gmacs.detach()}
-        priced = gmacs / self.cost.initial_gmacs if self.relative else gmacs
-        return loss + self.lam * priced, {"expected_gmacs": gmacs.detach()}
+            return loss, logged
+        priced = value / getattr(self.cost, self.metric.initial) if self.relative else value
+        return loss + self.lam * priced, logged
 
     @torch.no_grad()
     def project(self, iterations: int = 24) -> None:
@@ -233,47 +280,90 @@ class GMACsConstraint:
         of reach is held at the nearest end of what the scales can reach, with one
         ``RuntimeWarning`` that names that range. The bisection runs a fixed number of steps on
         tensors, so on a GPU it never waits for the device; whether the budget is reachable is
-        read back on the first call and every ``CHECK_EVERY`` calls after it."""
+        read back on the first call and every ``CHECK_EVERY`` calls after it. It needs a cost
+        that does not grow with alpha (smaller maps never cost more), as both costs are."""
         if self.budget is None or self.cost is None:
             return
         alphas = [layer.alpha for layer in _scales(self.cost)]
         low, high = self._alpha_low, self._alpha_high
         start = torch.stack([alpha.detach() for alpha in alphas]).clamp(low, high)
 
-        def gmacs_at(log_factor: Tensor) -> Tensor:
+        def cost_at(log_factor: Tensor) -> Tensor:
             for alpha, value in zip(alphas, (start * log_factor.exp()).clamp(low, high)):
                 alpha.copy_(value)
             return self.cost(hard=True)
 
-        # a larger factor is a larger alpha: smaller maps, fewer GMACs; past these ends nothing changes
+        # a larger factor is a larger alpha: smaller maps, a lower cost; past these ends nothing changes
         most, least = (low / start).log().min(), (high / start).log().max()
         below, above = most, least
         for _ in range(iterations):
             middle = (below + above) / 2
-            over = gmacs_at(middle) > self.budget
+            over = cost_at(middle) > self.budget
             below, above = torch.where(over, middle, below), torch.where(over, above, middle)
         stay = torch.zeros_like(below)  # where the cost is flat (a budget out of reach), nothing moves
-        miss_stay, miss_below, miss_above = ((gmacs_at(t) / self.budget - 1).abs() for t in (stay, below, above))
+        miss_stay, miss_below, miss_above = ((cost_at(t) / self.budget - 1).abs() for t in (stay, below, above))
         closest = torch.where(miss_below <= miss_above, below, above)
         closest = torch.where(miss_stay <= torch.minimum(miss_below, miss_above), stay, closest)
         self._calls += 1
         if not self._warned and (self._calls - 1) % self.CHECK_EVERY == 0:
-            self._warn_if_out_of_reach(float(gmacs_at(closest)), float(gmacs_at(least)), float(gmacs_at(most)))
-        gmacs_at(closest)
+            self._warn_if_out_of_reach(float(cost_at(closest)), float(cost_at(least)), float(cost_at(most)))
+        cost_at(closest)
 
     def _warn_if_out_of_reach(self, closest: float, least: float, most: float) -> None:
         if abs(closest / self.budget - 1) <= 0.05:
             return
         self._warned = True
+        unit = self.metric.unit
         warnings.warn(
-            f"GMACs budget {self.budget:g} is out of reach: with the current choices the DynOPool scales reach "
-            f"{least:.4g} to {most:.4g} GMACs (maps no smaller than min_size, no scale above 1 or its value when "
-            f"the search started); the search holds {closest:.4g}. Choose a budget in that range or change the space",
+            f"{self.metric.name} budget {self.budget:g} is out of reach: with the current choices the DynOPool "
+            f"scales reach {least:.4g} to {most:.4g} {unit} (maps no smaller than min_size, no scale above 1 or its "
+            f"value when the search started); the search holds {closest:.4g}. Choose a budget in that range or "
+            "change the space",
             RuntimeWarning, stacklevel=3,
         )
 
 
-def _alpha_range(cost: GMACsCost) -> tuple[Tensor, Tensor]:
+class GMACsConstraint(CostConstraint):
+    """The hardware-aware GMACs constraint of a search (eq. 4.7, 4.8): :class:`CostConstraint` on
+    the expected GMACs of the supernet (:func:`supernet_cost`). Exactly one of ``lam`` (relative
+    to the initial GMACs unless ``relative=False``) and ``budget`` (GMACs per image)."""
+
+    metric = GMACS
+
+    def supernet_cost(self, model: nn.Module, input_size: tuple[int, int, int]) -> GMACsCost:
+        return supernet_cost(model, input_size)
+
+
+class LatencyConstraint(CostConstraint):
+    """The latency constraint of a search: :class:`CostConstraint` on the supernet's expected
+    latency predicted by a measured :class:`~dynopool_nas.LatencyCost`
+    (:func:`supernet_latency_cost`). Exactly one of ``lam`` (relative to the initial latency
+    unless ``relative=False``, then in loss per millisecond) and ``budget_ms`` (milliseconds per
+    image on the device ``table`` was measured on).
+
+    Args:
+        table: the :class:`~dynopool_nas.LatencyTable` the cost is looked up in (and extended);
+            default: the cached table of the supernet's device and dtype at the current thread
+            count, for inference.
+    """
+
+    metric = LATENCY
+    budget_argument = "budget_ms"
+
+    def __init__(self, lam: float | None = None, budget_ms: float | None = None, *, relative: bool = True,
+                 table: LatencyTable | None = None) -> None:
+        super().__init__(lam, budget_ms, relative=relative)
+        self.table = table
+
+    @property
+    def budget_ms(self) -> float | None:
+        return self.budget
+
+    def supernet_cost(self, model: nn.Module, input_size: tuple[int, int, int]) -> LatencyCost:
+        return supernet_latency_cost(model, input_size, self.table)
+
+
+def _alpha_range(cost: GMACsCost | LatencyCost) -> tuple[Tensor, Tensor]:
     """``(low, high)``, one row per DynOPool of ``cost`` (in :func:`_scales` order), in which a
     budget projection keeps each alpha: the layer's own bounds
     (:meth:`~dynopool_nas.DynOPool2d.alpha_bounds`) at its input size at the reference input,
@@ -299,5 +389,5 @@ def _alpha_range(cost: GMACsCost) -> tuple[Tensor, Tensor]:
         return reference.new_tensor(rows_low), reference.new_tensor(rows_high)
 
 
-def _scales(cost: GMACsCost) -> list[Any]:
+def _scales(cost: GMACsCost | LatencyCost) -> list[Any]:
     return list({id(s.pool): s.pool for s in cost.sources if s.pool is not None}.values())

@@ -7,12 +7,14 @@ Differences from NNI's strategies of the same name:
   split by the architecture optimizer (first-order), in a parameter group of its own with
   ``alpha_learning_rate`` and no weight decay (NNI's 1e-3 decay would pull alpha towards 0,
   i.e. towards huge feature maps), and it is kept out of the weight optimizer;
-* an optional :class:`~strategies.constraint.GMACsConstraint` adds the supernet's expected GMACs
-  to the architecture loss (lambda, eq. 4.8, or a budget);
+* an optional :class:`~strategies.constraint.GMACsConstraint` or
+  :class:`~strategies.constraint.LatencyConstraint` adds the supernet's expected GMACs or
+  predicted latency to the architecture loss (lambda, eq. 4.8), or holds it at a budget;
 * after every epoch the search reports to NNI ``'default'`` (top-1 of the supernet on the
   validation split), ``'gmacs'`` and ``'params'`` of the architecture derived at that moment,
-  ``'expected_gmacs'``, and every DynOPool's feature-map size (``'<name>.h'``, ``'<name>.w'``);
-  the last report is also the final result.
+  ``'expected_gmacs'``, under a latency constraint ``'latency_ms'`` (the derived architecture's
+  predicted latency) and ``'expected_latency_ms'``, and every DynOPool's feature-map size
+  (``'<name>.h'``, ``'<name>.w'``); the last report is also the final result.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from nni.nas.strategy import DARTS, GumbelDARTS
 from torch import nn
 
 from dynopool_nas.cost import GMACsCost
+from dynopool_nas.latency import LatencyCost
 from dynopool_nas.train import evaluate
 from search_spaces.arch import name_dynopools
 
-from .constraint import GMACsConstraint, derived_parameter_count, supernet_cost
+from .constraint import GMACS, CostConstraint, derived_parameter_count, supernet_cost
 from .report import trial_metrics
 from .supernet import DynOPoolSupernet
 
@@ -48,7 +51,7 @@ class _DynOPoolSearchModule:
         *args: Any,
         input_size: tuple[int, int, int],
         alpha_learning_rate: float,
-        constraint: GMACsConstraint | None,
+        constraint: CostConstraint | None,
         val_loader: Any,
         **kwargs: Any,
     ) -> None:
@@ -58,6 +61,7 @@ class _DynOPoolSearchModule:
         self.alpha_learning_rate = alpha_learning_rate
         self.val_loader = val_loader
         self.cost: GMACsCost | None = None
+        self.latency_cost: LatencyCost | None = None  # under a latency constraint
         self.history: list[dict[str, Any]] = []
 
     def scale_parameters(self) -> list[nn.Parameter]:
@@ -77,7 +81,12 @@ class _DynOPoolSearchModule:
     def on_fit_start(self) -> None:
         self.cost = supernet_cost(self.model, self.input_size)
         if self.penalty is not None:
-            self.penalty.bind(self.cost)
+            # the GMACs cost is the one reported; another metric's is built for its constraint
+            gmacs = self.penalty.metric == GMACS
+            bound = self.cost if gmacs else self.penalty.supernet_cost(self.model, self.input_size)
+            self.penalty.bind(bound)
+            if isinstance(bound, LatencyCost):
+                self.latency_cost = bound
         return super().on_fit_start()
 
     @torch.no_grad()
@@ -85,11 +94,15 @@ class _DynOPoolSearchModule:
         """What is reported to NNI: validation top-1 as ``'default'`` and the derived cost."""
         assert self.cost is not None
         with torch.no_grad():
+            latency = self.latency_cost
             result = trial_metrics(
                 evaluate(self.model, self.val_loader), float(self.cost(hard=True)),
                 derived_parameter_count(self.model, self.cost.gates), self.cost.feature_map_sizes(),
+                latency_ms=None if latency is None else float(latency(hard=True)),
             )
             result["expected_gmacs"] = float(self.cost())
+            if latency is not None:
+                result["expected_latency_ms"] = float(latency())
         return result
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
@@ -112,11 +125,11 @@ class _DynOPoolSearchModule:
 
 
 class DynOPoolDartsModule(_DynOPoolSearchModule, DartsLightningModule):
-    """NNI's DARTS Lightning module with DynOPool's scales, GMACs constraint and reports."""
+    """NNI's DARTS Lightning module with DynOPool's scales, GMACs or latency constraint and reports."""
 
 
 class DynOPoolGumbelDartsModule(_DynOPoolSearchModule, GumbelDartsLightningModule):
-    """NNI's GumbelDARTS Lightning module with DynOPool's scales, GMACs constraint and reports."""
+    """NNI's GumbelDARTS Lightning module with DynOPool's scales, GMACs or latency constraint and reports."""
 
 
 class _DynOPoolStrategy:
@@ -130,7 +143,7 @@ class _DynOPoolStrategy:
         *,
         input_size: tuple[int, int, int],
         alpha_learning_rate: float = 1e-2,
-        constraint: GMACsConstraint | None = None,
+        constraint: CostConstraint | None = None,
         **kwargs: Any,
     ) -> None:
         if len(input_size) != 3:
@@ -178,7 +191,9 @@ class DynOPoolDARTS(_DynOPoolStrategy, DARTS):
     Args:
         input_size: (channels, height, width) at which GMACs are counted.
         alpha_learning_rate: learning rate of every DynOPool's alpha (Adam, no weight decay).
-        constraint: optional :class:`~strategies.constraint.GMACsConstraint`.
+        constraint: optional :class:`~strategies.constraint.GMACsConstraint` or
+            :class:`~strategies.constraint.LatencyConstraint` (whose cost is built, and its
+            latency table measured if needed, when the search starts).
         **kwargs: NNI's ``DARTS`` arguments (``arc_learning_rate``, ``warmup_epochs``, ...).
     """
 

@@ -29,7 +29,8 @@ __all__ = ["export_architecture", "save_search"]
 
 def export_architecture(strategy: Any) -> dict[str, Any]:
     """The architecture a finished :class:`~strategies.DynOPoolDARTS` (or GumbelDARTS) search
-    derives, with its metrics, as a JSON-serializable dict."""
+    derives, with its metrics (its last report: top-1, GMACs, parameters, and under a latency
+    constraint its predicted ``latency_ms``), as a JSON-serializable dict."""
     module = strategy.oneshot_module
     sample = module.export()
     return architecture_record(

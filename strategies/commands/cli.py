@@ -37,8 +37,9 @@ def _search(args: argparse.Namespace) -> None:
     arch, _ = run_search(settings)
     metrics = arch["metrics"]
     print(f"search: {settings.space} / {settings.strategy} on {settings.dataset}, {settings.epochs} epochs")
+    latency = f", {metrics['latency_ms']:.3g} ms predicted" if "latency_ms" in metrics else ""
     print(f"validation top-1 {metrics['default']:.2%} (supernet), derived architecture {metrics['gmacs'] * 1e3:.3f} "
-          f"MMACs, {metrics['params']:,} parameters")
+          f"MMACs, {metrics['params']:,} parameters{latency}")
     print("feature maps:", format_sizes({name: tuple(size) for name, size in arch["sizes"].items()}))
     print(f"architecture: {settings.output / 'arch.json'}   weights: {settings.output / 'weights.pt'}")
 
@@ -91,6 +92,11 @@ def add_commands(commands: Any) -> None:
     constraint.add_argument("--gmacs-lambda", type=float,
                             help="lambda of eq. 4.8, relative to the initial GMACs (loss the initial cost is worth)")
     constraint.add_argument("--gmacs-budget", type=float, help="target GMACs per image")
+    constraint.add_argument("--latency-lambda", type=float,
+                            help="lambda of eq. 4.8 on the predicted latency, relative to the initial latency")
+    constraint.add_argument("--latency-budget-ms", type=float, metavar="MS",
+                            help="target predicted latency per image (ms, on this device; measures a latency table "
+                                 "once, cached)")
     search.add_argument("--max-train-images", type=positive_int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=SearchSettings.seed)
     search.add_argument("--placement", default=SearchSettings.placement, choices=PLACEMENTS, metavar="PLACEMENT",

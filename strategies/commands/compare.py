@@ -1,11 +1,11 @@
 """``dynopool-nas compare``: discovered architectures against timm's EfficientNet-B0 and -B1,
-trained under one recipe on one data set (thesis Table 5.3), once per seed."""
+trained under one recipe on one data set (thesis Table 5.3), once per seed; every model's GMACs,
+parameters and latency of one image, predicted (:class:`~dynopool_nas.LatencyCost`) and
+measured (:func:`~dynopool_nas.measure_model`) on one device."""
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +17,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dynopool_nas import GMACsCost, count_macs, freeze_dynopools, load_dataset
+from dynopool_nas import (
+    GMACsCost,
+    LatencyCost,
+    LatencyTable,
+    count_macs,
+    freeze_dynopools,
+    load_dataset,
+    measure_model,
+)
 from dynopool_nas._checks import train_subset
 from dynopool_nas._utils import atomic_folder
 from dynopool_nas.train import evaluate, fit
@@ -28,25 +36,25 @@ from search_spaces.registry import space_of
 from .export import RESULT, load_result
 from .settings import BASELINES, CompareSettings
 
-__all__ = ["candidate_models", "cpu_latency", "is_at_chance", "run_compare"]
+__all__ = ["candidate_models", "is_at_chance", "latency_ms", "run_compare"]
 
 COMPARISON = "comparison.csv"
 """The table a comparison writes; it also marks a folder a comparison may replace."""
 
 
-def cpu_latency(model: nn.Module, input_size: tuple[int, int, int], repeats: int = 20) -> float:
-    """Median seconds of one forward pass of a single image on the CPU."""
-    model = model.eval().cpu()
-    x = torch.randn(1, *input_size)
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def latency_ms(model: nn.Module, input_size: tuple[int, int, int], table: LatencyTable) -> dict[str, float]:
+    """``model``'s latency of one image (inference) on the device of ``table``, in milliseconds:
+    ``'latency_ms_predicted'``, its :class:`~dynopool_nas.LatencyCost` in ``table`` (a model
+    whose DynOPools are frozen is priced at its one size), and ``'latency_ms_measured'``, end to
+    end (:func:`~dynopool_nas.measure_model`, at the table's thread count). Moves ``model`` to
+    that device."""
+    model.to(table.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LatencyCost: the model has no DynOPool2d", category=UserWarning)
+        with torch.no_grad():
+            predicted = float(LatencyCost.from_model(model, input_size, table)())
+    return {"latency_ms_predicted": predicted,
+            "latency_ms_measured": measure_model(model, input_size, threads=table.threads)}
 
 
 def is_at_chance(top1: float, num_classes: int, val_images: int) -> bool:
@@ -108,12 +116,13 @@ def _train(model: nn.Module, train: Any, val: Any, input_size: tuple[int, int, i
 def _summary(runs: pd.DataFrame, num_classes: int, val_images: int) -> pd.DataFrame:
     """One row per model: validation top-1 mean, standard deviation and number of seeds, whether
     it is at chance level, test top-1 mean and standard deviation where the data set has a test
-    split, and the model's GMACs, parameters and CPU latency."""
+    split, and the model's GMACs, parameters and latency (predicted and measured)."""
     tested = {"test_top1_mean": ("test_top1", "mean"), "test_top1_std": ("test_top1", "std")} \
         if "test_top1" in runs else {}
     table = runs.groupby("model", sort=False).agg(
         top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"), **tested, gmacs=("gmacs", "first"),
-        params=("params", "first"), cpu_latency_ms=("cpu_latency_ms", "first"),
+        params=("params", "first"), latency_ms_predicted=("latency_ms_predicted", "first"),
+        latency_ms_measured=("latency_ms_measured", "first"),
     ).reset_index()
     at_chance = [is_at_chance(top1, num_classes, val_images) for top1 in table["top1_mean"]]
     return table.assign(at_chance=at_chance)
@@ -132,7 +141,8 @@ def _markdown(table: pd.DataFrame, recipe: str, num_classes: int, val_images: in
         **tested,
         "seeds": table["n"],
         "at chance": ["**yes**" if flag else "" for flag in table["at_chance"]],
-        "GMACs": table["gmacs"], "params": table["params"], "CPU latency (ms)": table["cpu_latency_ms"],
+        "GMACs": table["gmacs"], "params": table["params"],
+        "latency predicted (ms)": table["latency_ms_predicted"], "latency measured (ms)": table["latency_ms_measured"],
     })
     return (f"Recipe: {recipe}.\n\n" + shown.to_markdown(index=False, floatfmt=".4g") + "\n\n"
             f"At chance: top-1 not above chance ({1 / num_classes:.1%}, 1/{num_classes} classes) by three binomial "
@@ -140,18 +150,31 @@ def _markdown(table: pd.DataFrame, recipe: str, num_classes: int, val_images: in
             "architecture (too few epochs or images for it to learn).\n")
 
 
-def run_compare(settings: CompareSettings) -> pd.DataFrame:
+def _device_words(table: LatencyTable) -> str:
+    """Where latency was predicted and measured, in words."""
+    fingerprint = table.fingerprint
+    where = f"{fingerprint['name']}" if table.device.type == "cuda" else f"{fingerprint['threads']} CPU threads"
+    return f"{where}, predicted (latency table) and measured"
+
+
+def run_compare(settings: CompareSettings, *, latency_table: LatencyTable | None = None) -> pd.DataFrame:
     """Train the baselines (EfficientNet-B0, -B1) and every architecture (an ``arch.json`` or a
     folder holding one) of ``settings`` from scratch with the same recipe (SGD, cosine schedule,
     ``settings.epochs``), once per seed (initialization and data order; the validation split is
     the same for all); the discovered ones keep their learned feature-map sizes (DynOPools
     frozen). Write to ``settings.output``, which is replaced as a whole: ``comparison.csv``
-    (top-1 mean, std and number of seeds, whether it is at chance level, GMACs, parameters, CPU
-    latency), ``comparison_runs.csv`` (every run), ``comparison.md`` and ``comparison.png`` (both
-    with the recipe); return the table."""
+    (top-1 mean, std and number of seeds, whether it is at chance level, GMACs, parameters,
+    latency of one image predicted and measured), ``comparison_runs.csv`` (every run),
+    ``comparison.md`` and ``comparison.png`` (both with the recipe); return the table.
+
+    Latency (:func:`latency_ms`) is predicted and measured on the device of ``latency_table``, by
+    default the cached :class:`~dynopool_nas.LatencyTable` of the CPU at the current thread
+    count, which measures the layers it does not hold yet."""
     discovered = [_architecture(source) for source in settings.architectures]
     seeds, epochs, lr, batch_size = list(settings.seeds), settings.epochs, settings.lr, settings.batch_size
     dataset, image_size = settings.dataset, settings.image_size
+    if latency_table is None:
+        latency_table = LatencyTable("cpu")
     with atomic_folder(settings.output, marker=COMPARISON) as building:
         splits = load_dataset(dataset, image_size=image_size, root=settings.data_dir, seed=seeds[0])
         train = train_subset(splits.train, settings.max_train_images, batch_size)
@@ -166,7 +189,7 @@ def run_compare(settings: CompareSettings) -> pd.DataFrame:
                               batch_size=batch_size)
                 measured.setdefault(name, {
                     "gmacs": count_macs(model, input_size).gmacs, "params": sum(p.numel() for p in model.parameters()),
-                    "cpu_latency_ms": cpu_latency(model, input_size) * 1e3,
+                    **latency_ms(model, input_size, latency_table),
                 })
                 tested = {} if splits.test is None else {"test_top1": evaluate(model, DataLoader(splits.test, 512))}
                 rows.append({"model": name, "seed": seed, "top1": top1, **tested, **measured[name]})
@@ -174,7 +197,7 @@ def run_compare(settings: CompareSettings) -> pd.DataFrame:
         table = _summary(runs, splits.num_classes, len(splits.val))
         recipe = (f"{dataset} at {image_size}x{image_size}, {len(train)} training images, {epochs} epochs, SGD lr {lr} "
                   f"(Nesterov, cosine), batch {batch_size}, seeds {seeds}; latency: one image, "
-                  f"{torch.get_num_threads()} CPU threads")
+                  f"{_device_words(latency_table)}")
         table.to_csv(building / COMPARISON, index=False)
         runs.to_csv(building / "comparison_runs.csv", index=False)
         (building / "comparison.md").write_text(_markdown(table, recipe, splits.num_classes, len(splits.val)))

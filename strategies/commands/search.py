@@ -7,7 +7,7 @@ from search_spaces import _nni  # noqa: F401  (first: NNI quietly, with the pack
 # isort: split
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from nni.nas.evaluator.pytorch import Classification, DataLoader
@@ -19,11 +19,14 @@ from dynopool_nas._quiet import quiet
 from dynopool_nas._utils import write_together
 from search_spaces.arch import build_model, save_architecture, save_weights
 from search_spaces.registry import make_space, space_fields
-from strategies.constraint import GMACsConstraint
+from strategies.constraint import CostConstraint, GMACsConstraint, LatencyConstraint
 from strategies.darts import DynOPoolDARTS, DynOPoolGumbelDARTS
 from strategies.export import export_architecture
 
 from .settings import SearchSettings
+
+if TYPE_CHECKING:
+    from dynopool_nas import LatencyTable
 
 __all__ = ["STRATEGIES", "run_search"]
 
@@ -47,18 +50,34 @@ def _run_to_the_end(experiment: NasExperiment) -> None:
         raise KeyboardInterrupt
 
 
-def run_search(settings: SearchSettings) -> tuple[dict[str, Any], torch.nn.Module]:
+def _constraint(settings: SearchSettings, latency_table: LatencyTable | None) -> CostConstraint | None:
+    """The constraint ``settings`` chooses (at most one of its four fields is set), if any."""
+    if settings.gmacs_lambda is not None or settings.gmacs_budget is not None:
+        return GMACsConstraint(lam=settings.gmacs_lambda, budget=settings.gmacs_budget)
+    if settings.latency_lambda is not None or settings.latency_budget_ms is not None:
+        return LatencyConstraint(lam=settings.latency_lambda, budget_ms=settings.latency_budget_ms,
+                                 table=latency_table)
+    return None
+
+
+def run_search(
+    settings: SearchSettings, *, latency_table: LatencyTable | None = None
+) -> tuple[dict[str, Any], torch.nn.Module]:
     """Search ``settings.space`` with ``settings.strategy`` on ``settings.dataset``; write
     ``arch.json`` and the derived model's weights ``weights.pt`` (taken from the supernet) to
-    ``settings.output``; return both."""
+    ``settings.output``; return both.
+
+    Under a latency constraint (``settings.latency_lambda`` or ``settings.latency_budget_ms``) the
+    supernet's layers are priced in ``latency_table``; by default the cached
+    :class:`~dynopool_nas.LatencyTable` of the device the search trains on, at the current
+    thread count, measuring (with a progress bar) what it does not hold yet. Pass a table to
+    measure elsewhere or with other settings (repeats, threads, its cache file)."""
     output = writable_folder(settings.output)
     torch.manual_seed(settings.seed)
     splits = load_dataset(settings.dataset, image_size=settings.image_size, root=settings.data_dir,
                           download=settings.download, seed=settings.seed)
     train = train_subset(splits.train, settings.max_train_images, settings.batch_size)
-    constraint = None
-    if settings.gmacs_lambda is not None or settings.gmacs_budget is not None:
-        constraint = GMACsConstraint(lam=settings.gmacs_lambda, budget=settings.gmacs_budget)
+    constraint = _constraint(settings, latency_table)
     search_space = make_space(settings.space, splits.num_classes, splits.in_chans, settings.placement)
     evaluator = Classification(
         train_dataloaders=DataLoader(train, batch_size=settings.batch_size, shuffle=True, drop_last=True),

@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from dynopool_nas.convert import Placement
 
-__all__ = ["BASELINES", "STRATEGY_NAMES", "CompareSettings", "SearchSettings"]
+__all__ = ["BASELINES", "CONSTRAINTS", "STRATEGY_NAMES", "CompareSettings", "SearchSettings"]
 
 STRATEGY_NAMES = ("darts", "gumbel-darts")
 """The one-shot strategies ``search`` runs (:data:`~strategies.commands.search.STRATEGIES`)."""
+
+CONSTRAINTS = ("gmacs_lambda", "gmacs_budget", "latency_lambda", "latency_budget_ms")
+"""The fields of :class:`SearchSettings` that each choose a constraint; at most one is set."""
 
 BASELINES = ("efficientnet_b0", "efficientnet_b1")
 """The timm models a comparison trains beside the discovered architectures."""
@@ -65,7 +68,11 @@ class SearchSettings:
         learning_rate: learning rate of the weights (Adam).
         alpha_learning_rate: learning rate of the DynOPool scales.
         gmacs_lambda: lambda of eq. 4.8, relative to the initial GMACs; or
-        gmacs_budget: a target in GMACs per image (at most one of the two).
+        gmacs_budget: a target in GMACs per image; or
+        latency_lambda: lambda of eq. 4.8 on the predicted latency, relative to the initial one; or
+        latency_budget_ms: a target predicted latency in milliseconds per image, on the device
+            the search runs on (at most one of the four; the latency ones measure, or read from
+            the cache, a latency table of that device: :class:`~strategies.LatencyConstraint`).
         max_train_images: use only the first N training images.
         seed: seed of the initialization, the data order and the validation split.
         placement: converted models: DynOPool ``after`` a strided conv (eq. 5.2) or ``before`` it.
@@ -87,6 +94,8 @@ class SearchSettings:
     max_train_images: int | None = None
     seed: int = 0
     placement: Placement = "after"
+    latency_lambda: float | None = None
+    latency_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output", Path(self.output))
@@ -94,8 +103,16 @@ class SearchSettings:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {sorted(STRATEGY_NAMES)}")
         _at_least_one(self, "epochs", "image_size", "batch_size", "max_train_images")
         _positive_number(self, "learning_rate", "alpha_learning_rate")
-        if self.gmacs_lambda is not None and self.gmacs_budget is not None:
+        given = [name for name in CONSTRAINTS if getattr(self, name) is not None]
+        if given == ["gmacs_lambda", "gmacs_budget"]:
             raise ValueError("give gmacs_lambda (eq. 4.8) or gmacs_budget (GMACs per image), not both")
+        if len(given) > 1:
+            raise ValueError(f"give at most one constraint of {', '.join(CONSTRAINTS)}, not {' and '.join(given)}")
+        for name in ("latency_lambda", "gmacs_lambda"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        _positive_number(self, *(name for name in ("gmacs_budget", "latency_budget_ms") if name in given))
         _placement(self.placement)
 
 

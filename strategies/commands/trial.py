@@ -3,9 +3,10 @@
 The tuner's parameters are the space's categorical choices (labels missing from them take
 their defaults) and training settings (:data:`SETTINGS`). The trial freezes the space at those
 choices, trains it with every DynOPool learning its scale inside the trial, and reports
-``'default'`` (validation top-1) with ``'gmacs'``, ``'params'`` and the feature-map sizes after
-every epoch and at the end. The trained architecture and weights go to the trial's output
-folder (``NNI_OUTPUT_DIR``), for ``dynopool-nas export``.
+``'default'`` (validation top-1) with ``'gmacs'``, ``'params'``, ``'latency_ms'`` (predicted by
+a measured :class:`~dynopool_nas.LatencyCost`) and the feature-map sizes after every epoch and
+at the end. The trained architecture and weights go to the trial's output folder
+(``NNI_OUTPUT_DIR``), for ``dynopool-nas export``.
 
 nnictl runs it as ``python -m strategies.commands.trial --space ... --epochs ...`` (:func:`main`),
 or through ``experiments/trial.py``, which the configs of ``experiments/`` name.
@@ -28,7 +29,7 @@ import nni
 import torch
 from torch.utils.data import DataLoader
 
-from dynopool_nas import DATASETS, GMACsCost, dynopool_layers, load_dataset
+from dynopool_nas import DATASETS, GMACsCost, LatencyCost, LatencyTable, dynopool_layers, load_dataset
 from dynopool_nas._checks import train_subset
 from dynopool_nas._quiet import quiet
 from dynopool_nas._utils import write_together
@@ -36,7 +37,7 @@ from dynopool_nas.convert import PLACEMENTS, Placement
 from dynopool_nas.train import EpochResult, fit
 from search_spaces.arch import architecture_record, save_architecture, save_weights
 from search_spaces.registry import SPACES, make_space, space_fields
-from strategies.constraint import GMACsConstraint
+from strategies.constraint import CostConstraint, GMACsConstraint, LatencyConstraint
 from strategies.report import trial_metrics
 
 __all__ = ["SETTINGS", "main", "run_trial"]
@@ -44,6 +45,7 @@ __all__ = ["SETTINGS", "main", "run_trial"]
 SETTINGS = {
     "gmacs_lambda": 0.0,  # lambda of eq. 4.8, relative to the initial GMACs
     "gmacs_budget": None,  # GMACs per image, held by a projection of the scales after every step
+    "latency_budget": None,  # predicted ms per image (the trial's device), held the same way; or gmacs_budget
     "lr": 0.05,
     "alpha_lr": 0.005,
     "scale": 0.5,  # initial scale of every DynOPool of the cell and EfficientNet spaces
@@ -61,7 +63,28 @@ def _split(params: dict[str, Any], labels: dict[str, Any]) -> tuple[dict[str, An
     choices = {label: params.get(label, mutable.default()) for label, mutable in labels.items()}
     if not settings["scale"] > 0:
         raise ValueError(f"setting 'scale' must be a positive initial scale, got {settings['scale']!r}")
+    if settings["gmacs_budget"] is not None and settings["latency_budget"] is not None:
+        raise ValueError(
+            f"settings 'gmacs_budget' ({settings['gmacs_budget']!r}) and 'latency_budget' "
+            f"({settings['latency_budget']!r}) are both given: a trial holds one budget; fix the search space file"
+        )
     return choices, settings
+
+
+def _latency_device(accelerator: str) -> str:
+    """Where a trial trains, so where its latency is predicted: ``'cuda'`` for a GPU accelerator
+    (``'auto'`` on a machine with CUDA), else ``'cpu'``."""
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "cuda" if gpu else "cpu"
+
+
+def _budget(settings: dict[str, Any], cost: GMACsCost, latency: LatencyCost) -> CostConstraint | None:
+    """The budget constraint the settings choose, bound to its cost (none without a budget)."""
+    if settings["latency_budget"] is not None:
+        return LatencyConstraint(budget_ms=settings["latency_budget"]).bind(latency)
+    if settings["gmacs_budget"]:
+        return GMACsConstraint(budget=settings["gmacs_budget"]).bind(cost)
+    return None
 
 
 def run_trial(
@@ -77,10 +100,16 @@ def run_trial(
     devices: int = 1,
     accelerator: str = "auto",
     placement: Placement = "after",
+    latency_table: LatencyTable | None = None,
 ) -> dict[str, Any]:
     """Train the architecture ``params`` choose and report to NNI; return the final metrics
     (``devices > 1``: Lightning DDP; only the first process reports and saves, the others
-    return an empty dict)."""
+    return an empty dict).
+
+    ``latency_table`` prices the model's predicted latency (``'latency_ms'`` in every report and
+    ``arch.json``, and the ``latency_budget`` setting); by default the cached
+    :class:`~dynopool_nas.LatencyTable` of the device the trial trains on (``accelerator``), at
+    the current thread count, measuring the layers it does not hold yet."""
     splits = load_dataset(dataset, image_size=image_size, root=data_dir)
     space_model = make_space(space, splits.num_classes, splits.in_chans, placement)
     choices, settings = _split(params, space_model.simplify())
@@ -91,12 +120,17 @@ def run_trial(
                 layer.alpha.fill_(1.0 / settings["scale"])
     input_size = (splits.in_chans, image_size, image_size)
     cost = GMACsCost.from_model(model, input_size)
-    constraint = GMACsConstraint(budget=settings["gmacs_budget"]).bind(cost) if settings["gmacs_budget"] else None
+    table = LatencyTable(_latency_device(accelerator), progress=False) if latency_table is None else latency_table
+    latency = LatencyCost.from_model(model, input_size, table)
+    constraint = _budget(settings, cost, latency)
     parameters = sum(p.numel() for p in model.parameters())
     history: list[dict[str, Any]] = []
 
     def report(result: EpochResult) -> None:
-        history.append(trial_metrics(result.val_accuracy, result.gmacs, parameters, result.sizes))
+        with torch.no_grad():
+            latency_ms = float(latency())
+        history.append(trial_metrics(result.val_accuracy, result.gmacs, parameters, result.sizes,
+                                     latency_ms=latency_ms))
         nni.report_intermediate_result(history[-1])
 
     with quiet():

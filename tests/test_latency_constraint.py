@@ -1,0 +1,232 @@
+"""Latency as a constraint wherever GMACs is one: the constraint (lambda and budget), the DARTS
+search, the command line and its settings, the trial program, arch.json and compare."""
+
+import logging
+import math
+import os
+import warnings
+
+import pytest
+import torch
+from torch.utils.cpp_extension import get_default_build_root
+from torch.utils.data import DataLoader, Subset
+
+from dynopool_nas import DigitsDataset, LatencyCost, LatencyTable, create_model, dynopool_layers, dynopoolify
+from search_spaces.arch import OPTIONAL_METRICS, architecture_record, build_model, load_architecture
+from search_spaces.converted import ConvertedSpace
+from search_spaces.registry import make_space
+from strategies import DynOPoolDARTS, GMACsConstraint, LatencyConstraint
+from strategies.commands.cli import _settings, build_parser, main
+from strategies.commands.compare import run_compare
+from strategies.commands.search import run_search
+from strategies.commands.settings import CompareSettings, SearchSettings
+from strategies.commands.trial import run_trial
+from strategies.export import export_architecture
+
+# Short samples, few rounds, one thread: the machine is shared, and no test asserts a tight timing
+# against the clock; budgets are checked against the predicted cost, which is deterministic once
+# the table holds its points.
+QUICK = {"threads": 1, "repeats": 3, "warmup": 1, "target_ms": 0.2, "cache": False, "progress": False}
+SIZE = 32
+INPUT = (1, SIZE, SIZE)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_cached_apart(tmp_path, monkeypatch):
+    logging.getLogger("nni").setLevel(logging.ERROR)
+    # no default table may write to the user's cache; torch's kernels stay where they are built
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def table():
+    """One table for the module: every layer of small_cnn is timed once."""
+    return LatencyTable(**QUICK)
+
+
+def _small_cnn_cost(table, size=SIZE):
+    model = dynopoolify(create_model("small_cnn", num_classes=10, in_chans=1))
+    return model, LatencyCost.from_model(model, (1, size, size), table)
+
+
+def _search(constraint, epochs=2, alpha_lr=0.05, seed=0):
+    train = Subset(DigitsDataset("train", SIZE), range(256))
+    val = Subset(DigitsDataset("val", SIZE), range(128))
+    from nni.nas.evaluator.pytorch import Classification
+    from nni.nas.experiment import NasExperiment
+
+    evaluator = Classification(
+        train_dataloaders=DataLoader(train, batch_size=32, shuffle=True),
+        val_dataloaders=DataLoader(val, batch_size=128),
+        max_epochs=epochs, num_classes=10, learning_rate=0.01, accelerator="cpu", enable_progress_bar=False,
+        logger=False, enable_checkpointing=False, enable_model_summary=False,
+    )
+    strategy = DynOPoolDARTS(input_size=INPUT, alpha_learning_rate=alpha_lr, constraint=constraint)
+    torch.manual_seed(seed)
+    NasExperiment(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), evaluator, strategy).run()
+    return strategy
+
+
+# ----------------------------------------------------------------------------- the constraint
+
+
+def test_the_latency_constraint_takes_one_mode_and_says_so_in_milliseconds():
+    with pytest.raises(ValueError, match=r"LatencyConstraint takes exactly one of lam \(eq. 4.8\) and budget_ms"):
+        LatencyConstraint()
+    with pytest.raises(ValueError, match="exactly one"):
+        LatencyConstraint(lam=0.1, budget_ms=1.0)
+    with pytest.raises(ValueError, match=r"budget_ms must be a positive number of ms, got -1"):
+        LatencyConstraint(budget_ms=-1.0)
+    with pytest.raises(ValueError, match="lam must be a non-negative number"):
+        LatencyConstraint(lam=float("nan"))
+    with pytest.raises(RuntimeError, match=r"LatencyConstraint.bind\(cost\) must be called"):
+        LatencyConstraint(lam=0.1)(torch.tensor(1.0))
+    # GMACs keeps its own words
+    with pytest.raises(ValueError, match=r"GMACsConstraint takes exactly one of lam \(eq. 4.8\) and budget \(GMACs"):
+        GMACsConstraint()
+    with pytest.raises(ValueError, match="budget must be a positive number of GMACs"):
+        GMACsConstraint(budget=0)
+
+
+def test_lambda_prices_the_predicted_latency_relative_to_its_initial_value(table):
+    model, cost = _small_cnn_cost(table)
+    loss = torch.tensor(1.0)
+    relative, logged = LatencyConstraint(lam=0.5).bind(cost)(loss)
+    assert float(relative) == pytest.approx(1.5)
+    assert set(logged) == {"expected_latency_ms"} and float(logged["expected_latency_ms"]) == pytest.approx(
+        cost.initial_ms)
+    absolute, _ = LatencyConstraint(lam=0.5, relative=False).bind(cost)(loss)
+    assert float(absolute) == pytest.approx(1.0 + 0.5 * cost.initial_ms)
+    absolute.backward()  # the term reaches the scales, and shrinking a map is never dearer
+    grads = torch.cat([layer.alpha.grad for _, layer in dynopool_layers(model)])
+    assert (grads <= 0).all() and (grads < 0).any()
+
+
+def test_a_latency_budget_is_projected_onto_and_one_out_of_reach_warns_in_ms(table):
+    model, cost = _small_cnn_cost(table)
+    layers = [layer for _, layer in dynopool_layers(model)]
+    with torch.no_grad():  # start from larger maps than the budget allows
+        for layer in layers:
+            layer.alpha.fill_(1.1)
+    budget = 0.95 * cost.initial_ms
+    start = float(cost(hard=True))
+    assert start > budget
+    LatencyConstraint(budget_ms=budget).bind(cost).project()
+    assert math.isclose(float(cost(hard=True)), budget, rel_tol=0.05), (float(cost(hard=True)), budget, start)
+    unreachable = LatencyConstraint(budget_ms=1e-6).bind(cost)
+    out_of_reach = r"latency budget 1e-06 is out of reach: .* reach [0-9.e-]+ to [0-9.e-]+ ms"
+    with pytest.warns(RuntimeWarning, match=out_of_reach):
+        unreachable.project()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unreachable.project()
+    assert set(cost.feature_map_sizes().values()) == {(2, 2)}
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+def test_a_latency_budget_search_holds_its_budget_and_exports_the_latency(table, tmp_path):
+    _, cost = _small_cnn_cost(table)
+    budget = 0.95 * cost.initial_ms  # the scales start at the space's own: every layer's size is measured
+    strategy = _search(LatencyConstraint(budget_ms=budget, table=table))
+    module = strategy.oneshot_module
+    final = module.history[-1]
+    assert {"default", "gmacs", "params", "latency_ms", "expected_latency_ms", "expected_gmacs"} <= set(final)
+    assert math.isclose(final["latency_ms"], budget, rel_tol=0.05), (final["latency_ms"], budget)
+    assert module.latency_cost is module.penalty.cost and module.latency_cost.table is table
+    arch = export_architecture(strategy)
+    assert arch["metrics"]["latency_ms"] == final["latency_ms"]
+    # the derived model, priced as a model of its own in the same table, costs what the search held
+    model = build_model(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), arch)
+    assert float(LatencyCost.from_model(model, INPUT, table)()) == pytest.approx(final["latency_ms"], rel=0.25)
+
+
+def test_a_positive_latency_lambda_ends_faster_than_lambda_zero(table):
+    free = _search(LatencyConstraint(lam=0.0, table=table), epochs=1, alpha_lr=0.1).oneshot_module.history[-1]
+    priced = _search(LatencyConstraint(lam=1.0, table=table), epochs=1, alpha_lr=0.1).oneshot_module.history[-1]
+    assert priced["latency_ms"] < free["latency_ms"]
+    assert priced["gmacs"] < free["gmacs"]
+
+
+# ----------------------------------------------------------------------------- command line and settings
+
+
+def test_the_latency_flags_set_their_settings_and_exclude_every_other_constraint(capsys):
+    parser = build_parser()
+    assert _settings(SearchSettings, parser.parse_args(["search", "--latency-budget-ms", "2.5"])) == SearchSettings(
+        latency_budget_ms=2.5)
+    assert _settings(SearchSettings, parser.parse_args(["search", "--latency-lambda", "0.1"])) == SearchSettings(
+        latency_lambda=0.1)
+    for flags in (["--gmacs-budget", "0.1", "--latency-budget-ms", "2"],
+                  ["--latency-lambda", "1", "--gmacs-lambda", "1"],
+                  ["--latency-lambda", "1", "--latency-budget-ms", "2"]):
+        with pytest.raises(SystemExit):
+            main(["search", *flags])
+        assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"latency_budget_ms": 1.0, "gmacs_budget": 0.1},
+      "at most one constraint of gmacs_lambda, gmacs_budget, latency_lambda, latency_budget_ms, not gmacs_budget and "
+      "latency_budget_ms"),
+     ({"latency_lambda": 0.1, "latency_budget_ms": 1.0}, "not latency_lambda and latency_budget_ms"),
+     ({"latency_budget_ms": 0.0}, "latency_budget_ms must be a positive number, got 0.0"),
+     ({"latency_lambda": -1.0}, "latency_lambda must be a non-negative number, got -1.0")],
+)
+def test_search_settings_refuse_two_constraints_and_bad_latency_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        SearchSettings(**changes)
+
+
+def test_run_search_with_a_latency_lambda_writes_the_predicted_latency(table, tmp_path):
+    arch, model = run_search(SearchSettings(space="small_cnn", epochs=1, output=tmp_path, image_size=SIZE,
+                                            batch_size=32, max_train_images=64, latency_lambda=0.5),
+                             latency_table=table)
+    saved = load_architecture(tmp_path / "arch.json")
+    assert saved["metrics"]["latency_ms"] == arch["metrics"]["latency_ms"] > 0
+    assert float(LatencyCost.from_model(model, INPUT, table)()) == pytest.approx(saved["metrics"]["latency_ms"],
+                                                                                  rel=0.25)
+
+
+# ----------------------------------------------------------------------------- trial, arch.json, compare
+
+
+def test_a_trial_reports_its_latency_and_holds_a_latency_budget(table, tmp_path, monkeypatch):
+    import nni
+
+    reports = []
+    monkeypatch.setattr(nni, "report_intermediate_result", reports.append)
+    initial = LatencyCost.from_model(make_space("small_cnn", 10, 1).freeze({}), INPUT, table).initial_ms
+    final = run_trial({"latency_budget": 0.95 * initial, "alpha_lr": 0.05}, space="small_cnn", epochs=1,
+                      image_size=SIZE, output_dir=tmp_path, latency_table=table)
+    assert reports and all("latency_ms" in report and report["latency_ms"] > 0 for report in reports)
+    assert final["latency_ms"] == pytest.approx(0.95 * initial, rel=0.05)
+    arch = load_architecture(tmp_path / "arch.json")
+    assert arch["metrics"]["latency_ms"] == final["latency_ms"]
+    with pytest.raises(ValueError, match=r"'gmacs_budget' .* and 'latency_budget' .* are both given"):
+        run_trial({"gmacs_budget": 1e-3, "latency_budget": 1.0}, space="small_cnn", epochs=1, image_size=SIZE,
+                  output_dir=tmp_path, latency_table=table)
+
+
+def test_arch_json_records_latency_where_known_and_loads_without_it(tmp_path):
+    metrics = {"default": 0.5, "gmacs": 1e-3, "params": 10}
+    assert "latency_ms" not in architecture_record((1, 8, 8), {}, {}, {}, metrics=metrics)["metrics"]
+    recorded = architecture_record((1, 8, 8), {}, {}, {}, metrics=metrics | {"latency_ms": 1.5, "other": 2})
+    assert recorded["metrics"] == metrics | {"latency_ms": 1.5} and OPTIONAL_METRICS == ("latency_ms",)
+
+
+def test_compare_predicts_and_measures_the_latency_of_every_model(table, tmp_path):
+    search = tmp_path / "search"
+    run_search(SearchSettings(space="small_cnn", epochs=1, output=search, image_size=SIZE, batch_size=32,
+                              max_train_images=64), latency_table=table)
+    frame = run_compare(CompareSettings([search], tmp_path / "compare", epochs=1, image_size=SIZE, batch_size=32,
+                                        max_train_images=32, baselines=()), latency_table=table)
+    predicted, measured = frame["latency_ms_predicted"].iloc[0], frame["latency_ms_measured"].iloc[0]
+    assert predicted > 0 and measured > 0
+    assert 0.2 < predicted / measured < 5, (predicted, measured)  # sums of layers vs end to end, on a busy machine
+    report = (tmp_path / "compare" / "comparison.md").read_text()
+    assert "latency predicted (ms)" in report and "latency measured (ms)" in report and "CPU threads" in report
+    assert "cpu_latency_ms" not in frame
