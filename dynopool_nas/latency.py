@@ -18,10 +18,11 @@ choice is not timed. Identical units at the same size share one measurement.
 
 Measurement (:class:`LatencyTable`): each unit is run on a copy of itself, on random inputs of
 the grid's sizes, batch 1 by default, under fixed threads (``torch.set_num_threads``, recorded in
-the device fingerprint), after warm-up; one sample is the mean of enough calls to last about
-``target_ms``; the samples of all points are taken in rounds, the points in a new random order
-every round (interleaved, so that a burst of load on a shared machine spreads over all points
-instead of biasing one), and a point's value is the median of its rounds. At one CPU thread a
+the device fingerprint), after warm-up; the points are timed in rounds, every round one call of
+each point in a new random order (interleaved: a burst of load on a shared machine spreads over
+all points instead of biasing one, and every call follows another unit's as it does inside a
+model, where calls of one unit repeated back to back read 10-25% faster), and a point's value is
+the median of its rounds. At one CPU thread a
 sample is the thread's CPU time (every operator runs in the calling thread; time it spends
 preempted by another process is not counted), otherwise wall-clock time after a synchronisation.
 Points are cached per device in ``$XDG_CACHE_HOME/dynopool_nas/latency/<fingerprint>.json``
@@ -86,6 +87,10 @@ DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
 """Scale factors of a layer's initial height and width; the grid is every (height, width) pair."""
 
 
+MEASUREMENT_PROTOCOL = 2
+"""Part of the device fingerprint: tables measured another way are not mixed with this one's
+(2: one timed call per point and round, thread CPU time at one CPU thread, units as blocks)."""
+
 MODES = ("inference", "training")
 """``inference``: forward without gradients, modules in eval mode; ``training``: forward and
 backward (of the output's sum), modules in train mode, the input requiring a gradient."""
@@ -115,6 +120,7 @@ def device_fingerprint(
         "threads": int(threads if threads is not None else torch.get_num_threads()),
         "torch": torch.__version__,
         "dtype": str(dtype).removeprefix("torch."),
+        "protocol": MEASUREMENT_PROTOCOL,
     }
 
 
@@ -218,13 +224,12 @@ def _clock_for(device: torch.device) -> Callable[[], float]:
     return time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
 
 
-def _time_ms(run: Callable[[], object], number: int, sync: Callable[[], None], clock: Callable[[], float]) -> float:
+def _time_ms(run: Callable[[], object], sync: Callable[[], None], clock: Callable[[], float]) -> float:
     sync()
     start = clock()
-    for _ in range(number):
-        run()
+    run()
     sync()
-    return (clock() - start) * 1e3 / number
+    return (clock() - start) * 1e3
 
 
 def _sync_for(device: torch.device) -> Callable[[], None]:
@@ -265,31 +270,30 @@ def _measure(
     *,
     repeats: int,
     warmup: int,
-    target_ms: float,
     seed: int,
     progress: bool,
     description: str,
 ) -> dict[str, float]:
-    """Median milliseconds per call of every job (a factory of a runner), in interleaved rounds."""
+    """Median milliseconds per call of every job (a factory of a runner), in interleaved rounds.
+
+    After warm-up, every round calls every job once, in a new random order, and times that one
+    call: each call follows another job's, as a layer follows another layer in a model. (Calls
+    of one module repeated back to back run from warm instruction caches and branch predictors
+    and read 10-25% faster than the same module inside a model.)"""
     sync, clock = _sync_for(device), _clock_for(device)
-    numbers: dict[str, int] = {}
     samples: dict[str, list[float]] = {key: [] for key in jobs}
     order = list(jobs)
     rng = random.Random(seed)
     with tqdm(total=len(order) * (repeats + 1), desc=description, disable=not progress, leave=False) as bar:
-        for key in order:  # warm-up, and calls per sample so that a sample lasts about target_ms
+        for key in order:
             run = jobs[key]()
             for _ in range(max(warmup, 1)):
                 run()
-            single = _time_ms(run, 1, sync, clock)
-            numbers[key] = max(1, min(1000, math.ceil(target_ms / max(single, 1e-4))))
             bar.update()
         for _ in range(repeats):
             rng.shuffle(order)
             for key in order:
-                run = jobs[key]()
-                run()
-                samples[key].append(_time_ms(run, numbers[key], sync, clock))
+                samples[key].append(_time_ms(jobs[key](), sync, clock))
                 bar.update()
     return {key: statistics.median(values) for key, values in samples.items()}
 
@@ -302,14 +306,13 @@ def measure_models(
     threads: int | None = None,
     repeats: int = 31,
     warmup: int = 3,
-    target_ms: float = 2.0,
     progress: bool = False,
 ) -> dict[str, float]:
     """End-to-end latency of every model on one image of ``input_size`` (or on the given batch),
     in milliseconds: the median of ``repeats`` samples, measured as the units of a
-    :class:`LatencyTable` are (``mode``, threads, warm-up, samples of about ``target_ms``, the
-    thread's CPU clock at one CPU thread), all models interleaved in every round, so that a
-    burst of load on a shared machine reaches each of them alike.
+    :class:`LatencyTable` are (``mode``, threads, warm-up, one call per sample, the thread's CPU
+    clock at one CPU thread), all models interleaved in every round, so that a burst of load on
+    a shared machine reaches each of them alike.
 
     Short samples and a median are what make a shared machine usable: a sample that another
     process preempted is an outlier the median drops, whereas a long sample averages the
@@ -324,7 +327,7 @@ def measure_models(
         copied.train(mode == "training")
         jobs[name] = lambda copied=copied, example=example: _runner(copied, lambda: (example.clone(),), mode)
     with _threads(threads or torch.get_num_threads()):
-        return _measure(jobs, device, repeats=repeats, warmup=warmup, target_ms=target_ms, seed=0, progress=progress,
+        return _measure(jobs, device, repeats=repeats, warmup=warmup, seed=0, progress=progress,
                         description="models")
 
 
@@ -367,8 +370,7 @@ class LatencyTable:
         dtype: parameters' and inputs' dtype.
         threads: ``torch.set_num_threads`` while measuring (default: the current count).
         mode: ``'inference'`` (default) or ``'training'`` (forward and backward).
-        repeats, warmup, target_ms: interleaved rounds per point, warm-up calls, and the length
-            of one sample (calls are repeated to last about that long).
+        repeats, warmup: interleaved rounds per point (one timed call each) and warm-up calls.
         progress: show a tqdm bar while measuring.
     """
 
@@ -381,9 +383,8 @@ class LatencyTable:
         *,
         path: str | Path | None = None,
         cache: bool = True,
-        repeats: int = 7,
+        repeats: int = 15,
         warmup: int = 2,
-        target_ms: float = 2.0,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -393,7 +394,7 @@ class LatencyTable:
         self.mode = mode
         self.fingerprint = device_fingerprint(self.device, dtype, threads)
         self.threads = self.fingerprint["threads"]
-        self.repeats, self.warmup, self.target_ms, self.seed = repeats, warmup, target_ms, seed
+        self.repeats, self.warmup, self.seed = repeats, warmup, seed
         self.progress = progress
         self.path: Path | None = None
         if cache:
@@ -405,7 +406,8 @@ class LatencyTable:
             if stored.get("fingerprint") == self.fingerprint:
                 self.entries = {k: float(v) for k, v in stored.get("entries", {}).items()}
             else:
-                warnings.warn(f"LatencyTable: {self.path} belongs to another device; remeasuring", stacklevel=2)
+                warnings.warn(f"LatencyTable: {self.path} was measured on another device or by another protocol; "
+                              "remeasuring", stacklevel=2)
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -423,7 +425,7 @@ class LatencyTable:
             return
         jobs = {key: self._job(point) for key, point in missing.items()}
         with _threads(self.threads):
-            times = _measure(jobs, self.device, repeats=self.repeats, warmup=self.warmup, target_ms=self.target_ms,
+            times = _measure(jobs, self.device, repeats=self.repeats, warmup=self.warmup,
                              seed=self.seed, progress=self.progress, description="latency table")
         self.entries.update(times)
         self.measured += len(times)
