@@ -1,109 +1,257 @@
-"""Checks of the measured latency model (dynopool_nas.latency) on this machine.
+"""Validation of the measured latency model (dynopool_nas.latency) on this machine.
 
-``--held-out``: the choice of the per-layer fit. Every layer of a few converted models is timed
-on a 5 x 5 grid of scale factors of its initial height and width; both fits are made on the
-3 x 3 sub-grid of the even-indexed scales and judged on the 16 points between them: the affine
-``a + b * x`` (non-negative least squares, the model's fit) and bilinear interpolation of log
-latency on the log grid. Prints the median and 90th percentile of the relative errors per fit,
-and how many layers the interpolant makes non-monotone (a bigger map predicted faster).
+Default: architectures drawn from the cell space and the EfficientNet-derived space (random
+choices, every DynOPool at a random scale per axis), their predicted latency (``LatencyCost`` of
+the frozen architecture) against their measured end-to-end latency (``measure_models``: batch 1,
+every model interleaved in every round, median of the rounds), with GMACs beside them: Spearman
+correlations and relative errors, per space and together. The noise of the measurement is
+stated by measuring every model twice, in two separate interleaved passes.
 
-Default: predicted (LatencyCost) against measured (measure_model) end-to-end latency of converted
-models at random DynOPool scales, with GMACs beside them; Spearman correlations and the median
-absolute error.
+``--budget-search``: a latency-budget search (``dynopool-nas search --latency-budget-ms``) on each
+space; the derived architecture is timed and compared with its budget.
 
-    python experiments/latency_validation.py --held-out            # about 2 minutes on 1 thread
-    python experiments/latency_validation.py --draws 8             # a few minutes on 1 thread
+``--held-out``: the choice of the per-unit fit. Every unit of the drawn architectures is timed
+on the grid of scale factors; the fits are made on the even-indexed sub-grid and judged on the
+points between them: the affine fit, the monotone fit (the model's) and bilinear interpolation
+of log latency; how many units each makes non-monotone (a bigger map predicted faster).
 
-The machine is shared: rerun before trusting a number; every timing is a median of interleaved
-repeats of short samples, which drops preempted samples but not a load that lasts the whole run.
+    python experiments/latency_validation.py                    # the results page, ~15 minutes on 1 thread
+    python experiments/latency_validation.py --held-out         # the fit comparison, printed
+
+Results go to docs/results/latency.md (+ latency.png). The table is built in a fresh cache folder
+unless --cache is given, so its build time is measured too.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import platform
+import random
 import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.interpolate import RegularGridInterpolator
 from scipy.stats import spearmanr
 
-from dynopool_nas import GMACsCost, LatencyCost, LatencyTable, create_model, dynopool_layers, dynopoolify, measure_model
-from dynopool_nas.latency import fit_affine
+from dynopool_nas import GMACsCost, LatencyCost, LatencyTable, dynopool_layers, measure_models
+from dynopool_nas._utils import atomic_write
+from dynopool_nas.latency import DEFAULT_SCALES, fit_affine, fit_monotone
+from search_spaces.arch import build_model, load_architecture, name_dynopools
+from search_spaces.registry import make_space
 
-MODELS = {  # name -> (builder, input size)
-    "resnet_cifar": (lambda: dynopoolify(create_model("resnet_cifar", 10)), (3, 32, 32)),
-    "mobilenetv2_cifar": (lambda: dynopoolify(create_model("mobilenetv2_cifar", 10, width=0.5)), (3, 32, 32)),
-    "vgg16_cifar": (lambda: dynopoolify(create_model("vgg16_cifar", 10, width=0.25)), (3, 32, 32)),
-}
-GRID = (0.35, 0.5, 0.71, 1.0, 1.41)
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+SPACES = ("cells", "efficientnet")
+INPUT_SIZE = (1, 32, 32)
 
 
-def held_out(table: LatencyTable) -> None:
-    errors: dict[str, list[float]] = {"affine": [], "bilinear": []}
-    nonmonotone = layers = 0
-    for name, (build, input_size) in MODELS.items():
-        cost = LatencyCost.from_model(build(), input_size, table, scales=GRID)
-        for term in cost.terms:
-            hs = sorted({h for h, *_ in term.samples})
-            ws = sorted({w for _, w, *_ in term.samples})
-            if len(hs) != len(GRID) or len(ws) != len(GRID):
-                continue  # a constant layer, or a map so small that grid sizes coincide
-            by_size = {(h, w): (x, ms) for h, w, x, ms in term.samples}
-            train_h, train_w = hs[::2], ws[::2]
-            train = [(h, w) for h in train_h for w in train_w]
-            test = [s for s in by_size if s not in train]
-            a, b = fit_affine([by_size[s][0] for s in train], [by_size[s][1] for s in train])
-            values = np.log([[by_size[h, w][1] for w in train_w] for h in train_h])
-            interpolate = RegularGridInterpolator((np.log(train_h), np.log(train_w)), values)
-            layers += 1
-            predicted = {s: float(np.exp(interpolate((math.log(s[0]), math.log(s[1]))))) for s in test}
-            if any(predicted[s] > predicted[t] for s in test for t in test
-                   if s[0] <= t[0] and s[1] <= t[1] and s != t and by_size[s][0] <= by_size[t][0]):
-                nonmonotone += 1
-            for size in test:
-                x, measured = by_size[size]
-                errors["affine"].append(abs(a + b * x - measured) / measured)
-                errors["bilinear"].append(abs(predicted[size] - measured) / measured)
-        print(f"{name}: {len(cost.terms)} layer calls")
-    print(f"{layers} layers on the full grid, {len(errors['affine'])} held-out points")
+def draw_architecture(space_name: str, rng: random.Random, scale_range: tuple[float, float]) -> torch.nn.Module:
+    """One architecture of a space: a random candidate for every choice and a random scale per
+    axis for every DynOPool."""
+    space = name_dynopools(make_space(space_name, 10, INPUT_SIZE[0]))
+    choices = {label: rng.choice(list(mutable.grid())) for label, mutable in space.simplify().items()}
+    model = space.freeze(choices).eval()
+    with torch.no_grad():
+        for _, layer in dynopool_layers(model):
+            layer.alpha.copy_(torch.tensor([1 / rng.uniform(*scale_range), 1 / rng.uniform(*scale_range)]))
+    return model
+
+
+def _errors(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    return np.abs(predicted - measured) / measured
+
+
+def end_to_end(args: argparse.Namespace, table: LatencyTable) -> tuple[list[str], dict[str, Any]]:
+    rng = random.Random(args.seed)
+    models: dict[str, torch.nn.Module] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    for space_name in SPACES:
+        for index in range(args.draws):
+            model = draw_architecture(space_name, rng, tuple(args.scale_range))
+            name = f"{space_name}-{index}"
+            cost = LatencyCost.from_model(model, INPUT_SIZE, table)
+            models[name] = model
+            rows[name] = {"space": space_name, "predicted": float(cost().detach()),
+                          "gmacs": float(GMACsCost.from_model(model, INPUT_SIZE)().detach()),
+                          "sizes": cost.feature_map_sizes()}
+    build_s = time.perf_counter() - started
+    passes = [measure_models(models, INPUT_SIZE, threads=args.threads, repeats=args.repeats, progress=True)
+              for _ in range(2)]
+    for name, row in rows.items():
+        row["measured"] = statistics.mean(p[name] for p in passes)
+        row["noise"] = abs(passes[0][name] - passes[1][name]) / row["measured"]
+
+    lines = [
+        f"{len(rows)} architectures ({args.draws} per space), input {INPUT_SIZE[1]}x{INPUT_SIZE[2]} "
+        f"({INPUT_SIZE[0]} channel), batch 1, {args.threads} thread(s), inference; every DynOPool at a scale drawn "
+        f"uniformly from {args.scale_range[0]}..{args.scale_range[1]} per axis (the spaces start at 0.5). The latency "
+        f"table (grid: scale factors {list(DEFAULT_SCALES)} of each unit's initial height and width) was built from "
+        f"an empty cache in {build_s:.0f} s ({table.measured} points).",
+        "",
+        "| architectures | Spearman predicted/measured | Spearman GMACs/measured | median error | 90th percentile | "
+        "largest | measurement noise (median) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary: dict[str, Any] = {}
+    for label, names in [*((s, [n for n in rows if rows[n]["space"] == s]) for s in SPACES), ("all", list(rows))]:
+        predicted, measured, gmacs = (np.array([rows[n][k] for n in names]) for k in ("predicted", "measured", "gmacs"))
+        errors = _errors(predicted, measured)
+        stats = {"spearman": spearmanr(predicted, measured)[0], "spearman_gmacs": spearmanr(gmacs, measured)[0],
+                 "median": float(np.median(errors)), "p90": float(np.quantile(errors, 0.9)),
+                 "max": float(errors.max()), "noise": statistics.median(rows[n]["noise"] for n in names)}
+        summary[label] = stats
+        lines.append(f"| {label} ({len(names)}) | {stats['spearman']:.3f} | {stats['spearman_gmacs']:.3f} | "
+                     f"{stats['median']:.1%} | {stats['p90']:.1%} | {stats['max']:.1%} | {stats['noise']:.1%} |")
+    lines += ["", "| architecture | predicted (ms) | measured (ms) | error | GMACs | DynOPool sizes |",
+              "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        sizes = ", ".join(f"{h}x{w}" for h, w in row["sizes"].values())
+        lines.append(f"| {name} | {row['predicted']:.3f} | {row['measured']:.3f} | "
+                     f"{(row['predicted'] - row['measured']) / row['measured']:+.1%} | {row['gmacs']:.4f} | {sizes} |")
+    _plot(rows, RESULTS / "latency.png")
+    return lines, summary
+
+
+def _plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for space_name, marker in zip(SPACES, "os"):
+        chosen = [r for r in rows.values() if r["space"] == space_name]
+        left.scatter([r["measured"] for r in chosen], [r["predicted"] for r in chosen], marker=marker, label=space_name)
+        right.scatter([r["measured"] for r in chosen], [r["gmacs"] for r in chosen], marker=marker, label=space_name)
+    top = max(max(r["measured"], r["predicted"]) for r in rows.values()) * 1.05
+    left.plot([0, top], [0, top], color="grey", linewidth=0.8)
+    left.set(xlabel="measured latency (ms)", ylabel="predicted latency (ms)", title="LatencyCost")
+    right.set(xlabel="measured latency (ms)", ylabel="GMACs", title="GMACs")
+    for axis in (left, right):
+        axis.legend()
+    figure.tight_layout()
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
+    plt.close(figure)
+
+
+def budget_search(args: argparse.Namespace, table: LatencyTable) -> list[str]:
+    """A latency-budget search per space; the derived architecture timed against its budget."""
+    from strategies.commands.search import run_search
+    from strategies.commands.settings import SearchSettings
+
+    lines = ["| space | budget (ms) | predicted at the end (ms) | measured (ms) | measured / budget | search time |",
+             "|---|---|---|---|---|---|"]
+    for space_name in SPACES:
+        reference = name_dynopools(make_space(space_name, 10, INPUT_SIZE[0]))
+        defaults = reference.freeze({label: m.default() for label, m in reference.simplify().items()})
+        budget = args.budget_fraction * float(LatencyCost.from_model(defaults, INPUT_SIZE, table)().detach())
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.perf_counter()
+            run_search(SearchSettings(
+                space=space_name, dataset="digits", epochs=args.search_epochs, output=Path(folder),
+                image_size=INPUT_SIZE[1], max_train_images=args.search_images, latency_budget_ms=budget,
+            ))
+            took = time.perf_counter() - started
+            arch = load_architecture(Path(folder) / "arch.json")
+        model = build_model(make_space(space_name, 10, INPUT_SIZE[0]), arch).eval()
+        predicted = float(LatencyCost.from_model(model, INPUT_SIZE, table)().detach())
+        measured = measure_models({"derived": model}, INPUT_SIZE, threads=args.threads, repeats=args.repeats)["derived"]
+        lines.append(f"| {space_name} | {budget:.3f} | {predicted:.3f} | {measured:.3f} | {measured / budget:.3f} | "
+                     f"{took:.0f} s |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def held_out(args: argparse.Namespace, table: LatencyTable) -> None:
+    grid = (0.35, 0.5, 0.71, 1.0, 1.41)
+    errors: dict[str, list[float]] = {"affine": [], "monotone": [], "bilinear": []}
+    nonmonotone = {"bilinear": 0}
+    units = 0
+    rng = random.Random(args.seed)
+    for space_name in SPACES:
+        for _ in range(args.draws):
+            cost = LatencyCost.from_model(draw_architecture(space_name, rng, (0.5, 0.5)), INPUT_SIZE, table,
+                                          scales=grid)
+            for term in cost.terms:
+                if term.pool:
+                    continue
+                hs, ws = sorted({h for h, *_ in term.samples}), sorted({w for _, w, *_ in term.samples})
+                if len(hs) != len(grid) or len(ws) != len(grid):
+                    continue  # a constant unit, or a map so small that grid sizes coincide
+                by_size = {(h, w): (x, ms) for h, w, x, ms in term.samples}
+                train = [(h, w) for h in hs[::2] for w in ws[::2]]
+                test = [s for s in by_size if s not in train]
+                xs, ys = [by_size[s][0] for s in train], [by_size[s][1] for s in train]
+                a, b = fit_affine(xs, ys)
+                monotone = fit_monotone(xs, ys)
+                values = np.log([[by_size[h, w][1] for w in ws[::2]] for h in hs[::2]])
+                interpolate = RegularGridInterpolator((np.log(hs[::2]), np.log(ws[::2])), values)
+                bilinear = {s: float(np.exp(interpolate((math.log(s[0]), math.log(s[1]))))) for s in test}
+                units += 1
+                if any(bilinear[s] > bilinear[t] for s in test for t in test
+                       if s[0] <= t[0] and s[1] <= t[1] and s != t):
+                    nonmonotone["bilinear"] += 1
+                for size in test:
+                    x, measured = by_size[size]
+                    errors["affine"].append(abs(a + b * x - measured) / measured)
+                    errors["monotone"].append(abs(float(monotone(torch.tensor(x, dtype=torch.float64))) - measured)
+                                              / measured)
+                    errors["bilinear"].append(abs(bilinear[size] - measured) / measured)
+    print(f"{units} units on the full grid, {len(errors['affine'])} held-out points")
     for fit, values in errors.items():
         print(f"  {fit:8s} relative error: median {statistics.median(values):.3f}, "
               f"90th percentile {float(np.quantile(values, 0.9)):.3f}")
-    print(f"  bilinear interpolant non-monotone (a bigger map predicted faster) in {nonmonotone} of {layers} layers")
-
-
-def end_to_end(table: LatencyTable, draws: int, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for name, (build, input_size) in MODELS.items():
-        model = build()
-        cost = LatencyCost.from_model(model, input_size, table)
-        gmacs = GMACsCost.from_model(model, input_size)
-        for _ in range(draws):
-            with torch.no_grad():
-                for _, layer in dynopool_layers(model):
-                    layer.alpha.copy_((0.35 + 0.6 * torch.rand(2, generator=generator)).reciprocal())
-            predicted, measured = float(cost().detach()), measure_model(model, input_size, threads=table.threads)
-            rows.append((name, predicted, measured, float(gmacs().detach())))
-            print(f"{name}: predicted {predicted:.3f} ms, measured {measured:.3f} ms, {rows[-1][3]:.4f} GMACs")
-    predicted, measured, gmacs = (np.array([row[i] for row in rows]) for i in (1, 2, 3))
-    print(f"Spearman predicted/measured {spearmanr(predicted, measured)[0]:.3f}, "
-          f"GMACs/measured {spearmanr(gmacs, measured)[0]:.3f}; "
-          f"median absolute error {float(np.median(np.abs(predicted - measured) / measured)):.1%}")
+    print(f"  bilinear interpolant non-monotone (a bigger map predicted faster) in {nonmonotone['bilinear']} of "
+          f"{units} units; the affine and monotone fits are monotone by construction")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--held-out", action="store_true", help="compare the affine fit with bilinear interpolation")
-    parser.add_argument("--draws", type=int, default=4, help="random scale settings per model")
+    parser.add_argument("--held-out", action="store_true", help="compare the fits on held-out grid points (printed)")
+    parser.add_argument("--budget-search", action="store_true", help="also run a latency-budget search per space")
+    parser.add_argument("--draws", type=int, default=12, help="architectures per space")
+    parser.add_argument("--scale-range", type=float, nargs=2, default=(0.3, 0.8), metavar=("LOW", "HIGH"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=31, help="interleaved rounds of the end-to-end measurement")
+    parser.add_argument("--budget-fraction", type=float, default=0.7,
+                        help="budget: this fraction of the predicted latency of the space's default architecture")
+    parser.add_argument("--search-epochs", type=int, default=3)
+    parser.add_argument("--search-images", type=int, default=512)
+    parser.add_argument("--cache", help="latency table file (default: a fresh one, so that its build is timed)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    table = LatencyTable(threads=args.threads)
-    print(f"device {table.fingerprint}; cache {table.path} ({len(table)} points)")
-    held_out(table) if args.held_out else end_to_end(table, args.draws, args.seed)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        table = LatencyTable(threads=args.threads, path=args.cache or Path(scratch) / "table.json")
+        print(f"device {table.fingerprint}")
+        if args.held_out:
+            held_out(args, table)
+            return
+        lines, _ = end_to_end(args, table)
+        if args.budget_search:
+            lines += ["", "## Latency-budget searches", "", *budget_search(args, table)]
+    command = " ".join(["python", "experiments/latency_validation.py", *sys.argv[1:]])
+    header = [
+        "# Latency model: predicted against measured end-to-end latency",
+        "",
+        f"Command: `{command}` (from the repository root)  ",
+        f"Seed: {args.seed}  ",
+        f"Machine: {platform.machine()}, {table.fingerprint['name']}, {args.threads} thread(s), "
+        f"torch {torch.__version__}  ",
+        f"Wall time: {time.perf_counter() - started:.0f} s",
+        "",
+    ]
+    atomic_write(RESULTS / "latency.md", lambda path: path.write_text("\n".join(header + lines) + "\n"))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
