@@ -541,6 +541,10 @@ def _pool_points(pool: DynOPool2d, shapes: tuple[Any, ...], out0: tuple[int, int
     return list(points.values())
 
 
+Variants = Callable[[str, nn.Module, tuple[Any, ...]], "Sequence[tuple[nn.Module, tuple[Any, ...], Gate]] | None"]
+"""The forms of a unit in the architecture (see :meth:`LatencyCost.from_model`)."""
+
+
 @dataclass
 class _Term:
     """One unit call: its fitted latency, the size source of its input and its gates."""
@@ -551,6 +555,7 @@ class _Term:
     pool: bool = False  # x is the DynOPool work between its parent source and itself
     keys: tuple[str, ...] = field(default_factory=tuple)
     samples: tuple[tuple[int, int, float, float], ...] = ()  # (height, width, x, ms) of the grid
+    option: Gate | None = None  # the probability of this form of the unit (a width of a mixed operation)
 
 
 def _is_variable(sources: list[_Source]) -> list[bool]:
@@ -596,11 +601,18 @@ class LatencyCost:
         *,
         scales: Sequence[float] = DEFAULT_SCALES,
         batch_size: int = 1,
+        variants: Variants | None = None,
     ) -> LatencyCost:
         """Time (or look up in ``table``) every layer of ``model`` on the grid ``scales`` x
         ``scales`` of its initial input height and width, for a batch of ``batch_size`` images of
         ``input_size`` (channels, height, width), and fit it. ``table`` defaults to the cached
-        table of the model's device and dtype at the current thread count, for inference."""
+        table of the model's device and dtype at the current thread count, for inference.
+
+        ``variants`` names the forms a unit may take in the architecture when it is not the module
+        that runs (a supernet's mixed operation, which runs at its largest width, masked): called
+        with a unit's name, module and argument shapes, it returns ``(module, shapes, gate)`` per
+        form, each timed on its own and weighted by its gate (the probability of that form, or
+        1/0 with ``hard=True``) in place of the unit's own gate; or ``None`` to time the unit as it is."""
         if isinstance(input_size, Tensor) or len(input_size) != 3:
             raise ValueError(f"input_size must be (channels, height, width), got {input_size!r}")
         if not scales or any(not (math.isfinite(s) and s > 0) for s in scales):
@@ -633,7 +645,8 @@ class LatencyCost:
                 handle.remove()
         variable = _is_variable(probe.sources)
 
-        plans: list[tuple[str, int, bool, list[_Point]]] = []
+        plans: list[tuple[str, int, bool, list[_Point], Gate | None]] = []
+        copies: dict[int, nn.Module] = {}
         for name, calls in recorded.items():
             module = units[name]
             if isinstance(module, DynOPool2d):
@@ -642,29 +655,32 @@ class LatencyCost:
                     parent = probe.sources[source].parent
                     grow_input = parent >= 0 and variable[parent] and _spatial_of(shapes) == probe.sources[parent].size0
                     points = _pool_points(module, shapes, out0, scales, grow_input, table)
-                    plans.append((name, source, True, points))
+                    plans.append((name, source, True, points, None))
                 continue
-            copied = copy.deepcopy(module).to(device=table.device, dtype=table.dtype)
-            copied.train(table.mode == "training")
             for index, (shapes, _) in enumerate(calls):
                 source = governing[name][index]
                 in0 = _spatial_of(shapes)
                 grow = source >= 0 and variable[source] and in0 == probe.sources[source].size0
                 sizes = _grid(in0, scales) if grow and in0 is not None else [in0]
-                points = []
-                for size in sizes:
-                    point_shapes = _resized(shapes, in0, size) if size != in0 else shapes
-                    area = float(size[0] * size[1]) if size is not None else 0.0
-                    points.append(_Point(_key(copied, point_shapes, table.mode), copied, point_shapes, area, size))
-                plans.append((name, source if grow else -1, False, points))
+                forms = (variants(name, module, shapes) if variants is not None else None) or [(module, shapes, None)]
+                for form, form_shapes, option in forms:
+                    copied = copies.setdefault(id(form), copy.deepcopy(form).to(device=table.device, dtype=table.dtype))
+                    copied.train(table.mode == "training")
+                    points = []
+                    for size in sizes:
+                        point_shapes = _resized(form_shapes, in0, size) if size != in0 else form_shapes
+                        area = float(size[0] * size[1]) if size is not None else 0.0
+                        points.append(_Point(_key(copied, point_shapes, table.mode), copied, point_shapes, area, size))
+                    plans.append((name, source if grow else -1, False, points, option))
 
-        table.ensure([point for *_, points in plans for point in points])
+        table.ensure([point for _, _, _, points, _ in plans for point in points])
         terms = []
-        for name, source, pool, points in plans:
+        for name, source, pool, points, option in plans:
             xs = [point.feature for point in points]
             ys = [table.entries[point.key] for point in points]
             samples = tuple((*(p.size or (0, 0)), p.feature, y) for p, y in zip(points, ys))
-            terms.append(_Term(name, source, fit_monotone(xs, ys), pool, gate_keys(name, gates), samples))
+            keys = tuple(key for key in gate_keys(name, gates) if option is None or key != name)
+            terms.append(_Term(name, source, fit_monotone(xs, ys), pool, keys, samples, option))
         if not any(s.pool is not None for s in probe.sources):
             warnings.warn("LatencyCost: the model has no DynOPool2d; the cost is a constant", stacklevel=2)
         return cls(probe.sources, terms, gates, table)
@@ -691,6 +707,8 @@ class LatencyCost:
             value = self._value(term, sizes)
             for key in term.keys:
                 value = value * gate_values[key]
+            if term.option is not None:
+                value = value * term.option(hard)
             total = total + value
         return total
 
