@@ -231,7 +231,7 @@ def test_modules_holding_a_choice_are_split_at_its_gates():
 
 def test_variants_time_each_form_of_a_unit_and_weight_it_by_its_probability():
     model = nn.Sequential(nn.Conv2d(3, 16, 1), DynOPool2d(0.5, name="pool"), nn.Conv2d(16, 16, 3, padding=1))
-    theta = torch.tensor(0.4, requires_grad=True)
+    theta = torch.tensor(-0.4, requires_grad=True)
     narrow = nn.Conv2d(8, 8, 3, padding=1)
 
     def variants(name, module, shapes):
