@@ -189,7 +189,7 @@ class DynOPoolDARTS(_DynOPoolStrategy, DARTS):
     """First-order DARTS over a space with DynOPools (see the module description).
 
     Args:
-        input_size: (channels, height, width) at which GMACs are counted.
+        input_size: (channels, height, width) at which GMACs are counted (and latency predicted).
         alpha_learning_rate: learning rate of every DynOPool's alpha (Adam, no weight decay).
         constraint: optional :class:`~strategies.constraint.GMACsConstraint` or
             :class:`~strategies.constraint.LatencyConstraint` (whose cost is built, and its
