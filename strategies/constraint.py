@@ -17,6 +17,7 @@ from search_spaces import _nni, _nni_compat  # noqa: F401  (NNI quietly, then th
 
 # isort: split
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -26,17 +27,17 @@ from typing import Any
 import torch
 from nni.nas.oneshot.pytorch.supermodule._expression_utils import traverse_all_options
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedLayer, DifferentiableMixedRepeat
-from nni.nas.oneshot.pytorch.supermodule.operation import MixedOperation
+from nni.nas.oneshot.pytorch.supermodule.operation import MixedBatchNorm2d, MixedConv2d, MixedLinear, MixedOperation
 from torch import Tensor, nn
 
 from dynopool_nas import GMACsCost
 from dynopool_nas._utils import eval_mode, example_input
 from dynopool_nas.cost import Gate, gate_keys
-from dynopool_nas.latency import LatencyCost, LatencyTable
+from dynopool_nas.latency import LatencyCost, LatencyTable, Variants
 
 __all__ = [
     "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric", "derived_parameter_count",
-    "supernet_cost", "supernet_gates", "supernet_latency_cost",
+    "mixed_operation_forms", "supernet_cost", "supernet_gates", "supernet_latency_cost",
 ]
 
 _CHANNEL_ARGUMENTS = ("in_channels", "out_channels", "in_features", "out_features", "num_features")
@@ -160,14 +161,57 @@ def supernet_cost(model: nn.Module, input_size: tuple[int, int, int]) -> GMACsCo
     return GMACsCost.from_model(model, input_size, gates=supernet_gates(model, input_size))
 
 
+_FORM_INPUTS = {MixedConv2d: "in_channels", MixedBatchNorm2d: "num_features", MixedLinear: "in_features"}
+"""Mixed operations :func:`mixed_operation_forms` times as their plain forms, and the argument
+that sets their input's channels (features, the last dimension, for a linear layer)."""
+
+
+def _joint_probability(alphas: list[Tensor], indices: tuple[int, ...], hard: bool) -> Tensor:
+    return math.prod(_candidate_probability(alpha, index, hard) for alpha, index in zip(alphas, indices))
+
+
+def mixed_operation_forms(model: nn.Module) -> Variants:
+    """The ``variants`` of :meth:`~dynopool_nas.LatencyCost.from_model` for a DARTS-style
+    supernet: a mixed convolution, batch norm or linear layer runs at its largest width, masked,
+    which is not the latency of any architecture; each of its forms (one per combination of its
+    labels' values) is timed instead as the plain layer it freezes to, on an input with that
+    form's channels, weighted by the form's probability (``hard=True``: 1 for the derived form)."""
+    mixed = {name: module for name, module in model.named_modules()
+             if isinstance(module, tuple(_FORM_INPUTS)) and hasattr(module, "_arch_alpha")}
+
+    def forms(name: str, module: nn.Module, shapes: tuple[Any, ...]) -> list[tuple[nn.Module, Any, Gate]] | None:
+        operation = mixed.get(name)
+        if operation is None or module is not operation or not shapes or not isinstance(shapes[0], torch.Size):
+            return None
+        labels = list(operation._arch_alpha)
+        choices = operation.simplify()
+        alphas = [operation._arch_alpha[label] for label in labels]
+        found = []
+        for indices in itertools.product(*(range(len(choices[label].values)) for label in labels)):
+            sample = {label: choices[label].values[i] for label, i in zip(labels, indices)}
+            arguments = {**operation.init_arguments,
+                         **{key: mutable.freeze(sample) for key, mutable in operation.mutable_arguments.items()}}
+            form = operation.bound_type(**arguments)
+            channels = next(arguments[key] for kind, key in _FORM_INPUTS.items() if isinstance(operation, kind))
+            shape = shapes[0]
+            linear = isinstance(operation, MixedLinear)
+            resized = (*shape[:-1], channels) if linear else (shape[0], channels, *shape[2:])
+            found.append((form, (torch.Size(resized), *shapes[1:]), partial(_joint_probability, alphas, indices)))
+        return found
+
+    return forms
+
+
 def supernet_latency_cost(
     model: nn.Module, input_size: tuple[int, int, int], table: LatencyTable | None = None
 ) -> LatencyCost:
     """The expected latency (ms) of a one-shot supernet, with the gates of :func:`supernet_cost`
-    (call with ``hard=True`` for the predicted latency of the architecture derived at that
-    moment). ``table``: see :meth:`~dynopool_nas.LatencyCost.from_model` (default: the cached
-    table of the model's device)."""
-    return LatencyCost.from_model(model, input_size, table, gates=supernet_gates(model, input_size))
+    and every mixed operation timed in its plain forms (:func:`mixed_operation_forms`); call
+    with ``hard=True`` for the predicted latency of the architecture derived at that moment.
+    ``table``: see :meth:`~dynopool_nas.LatencyCost.from_model` (default: the cached table of
+    the model's device)."""
+    return LatencyCost.from_model(model, input_size, table, gates=supernet_gates(model, input_size),
+                                  variants=mixed_operation_forms(model))
 
 
 def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from dynopool_nas import DigitsDataset, LatencyCost, LatencyTable, create_model, dynopool_layers, dynopoolify
 from search_spaces.arch import OPTIONAL_METRICS, architecture_record, build_model, load_architecture
+from search_spaces.cells import DynOPoolCellSpace
 from search_spaces.converted import ConvertedSpace
 from search_spaces.registry import make_space
 from strategies import DynOPoolDARTS, GMACsConstraint, LatencyConstraint
@@ -26,7 +27,7 @@ from strategies.export import export_architecture
 # Short samples, few rounds, one thread: the machine is shared, and no test asserts a tight timing
 # against the clock; budgets are checked against the predicted cost, which is deterministic once
 # the table holds its points.
-QUICK = {"threads": 1, "repeats": 3, "warmup": 1, "target_ms": 0.2, "cache": False, "progress": False}
+QUICK = {"threads": 1, "repeats": 3, "warmup": 1, "cache": False, "progress": False}
 SIZE = 32
 INPUT = (1, SIZE, SIZE)
 
@@ -50,9 +51,9 @@ def _small_cnn_cost(table, size=SIZE):
     return model, LatencyCost.from_model(model, (1, size, size), table)
 
 
-def _search(constraint, epochs=2, alpha_lr=0.05, seed=0):
-    train = Subset(DigitsDataset("train", SIZE), range(256))
-    val = Subset(DigitsDataset("val", SIZE), range(128))
+def _search(constraint, epochs=2, alpha_lr=0.05, seed=0, space=None, size=SIZE, images=256):
+    train = Subset(DigitsDataset("train", size), range(images))
+    val = Subset(DigitsDataset("val", size), range(128))
     from nni.nas.evaluator.pytorch import Classification
     from nni.nas.experiment import NasExperiment
 
@@ -62,9 +63,9 @@ def _search(constraint, epochs=2, alpha_lr=0.05, seed=0):
         max_epochs=epochs, num_classes=10, learning_rate=0.01, accelerator="cpu", enable_progress_bar=False,
         logger=False, enable_checkpointing=False, enable_model_summary=False,
     )
-    strategy = DynOPoolDARTS(input_size=INPUT, alpha_learning_rate=alpha_lr, constraint=constraint)
+    strategy = DynOPoolDARTS(input_size=(1, size, size), alpha_learning_rate=alpha_lr, constraint=constraint)
     torch.manual_seed(seed)
-    NasExperiment(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), evaluator, strategy).run()
+    NasExperiment(space or ConvertedSpace("small_cnn", num_classes=10, in_chans=1), evaluator, strategy).run()
     return strategy
 
 
@@ -148,6 +149,17 @@ def test_a_positive_latency_lambda_ends_faster_than_lambda_zero(table):
     priced = _search(LatencyConstraint(lam=1.0, table=table), epochs=1, alpha_lr=0.1).oneshot_module.history[-1]
     assert priced["latency_ms"] < free["latency_ms"]
     assert priced["gmacs"] < free["gmacs"]
+
+
+def test_a_cell_supernet_is_priced_as_the_architecture_it_derives(table):
+    # mixed convolutions run at their largest width, masked: each width is timed as the plain layer
+    space = lambda: DynOPoolCellSpace(widths=(4, 8), depths=(1, 2), num_stages=3)  # noqa: E731
+    strategy = _search(LatencyConstraint(lam=0.1, table=table), epochs=1, space=space(), size=16, images=64)
+    final = strategy.oneshot_module.history[-1]
+    assert final["expected_latency_ms"] != final["latency_ms"]  # the choices' probabilities weight it
+    model = build_model(space(), export_architecture(strategy))
+    derived = float(LatencyCost.from_model(model, (1, 16, 16), table)())
+    assert final["latency_ms"] == pytest.approx(derived, rel=0.35), (final["latency_ms"], derived)
 
 
 # ----------------------------------------------------------------------------- command line and settings
