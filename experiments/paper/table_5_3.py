@@ -27,6 +27,7 @@ from there and written to ``docs/results/<page>/compare/``.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 import warnings
@@ -97,6 +98,26 @@ def _search(settings: SearchSettings) -> dict[str, Any]:
     return {"arch": arch, "warning": " ".join(messages), "seconds": time.perf_counter() - started}
 
 
+def _ended_over_budget(result: dict[str, Any], budgets: dict[str, float]) -> float:
+    """GMACs of the architecture a search derived at its end, over its budget."""
+    return result["arch"]["metrics"]["gmacs"] / budgets[result["baseline"]]
+
+
+def _same_as(found: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each search whose architecture (space, choices, scales) equals an earlier one's, mapped to
+    that one: a budget out of reach of a space is held at the same end of its range whatever the
+    budget, and the search, deterministic for its seed, then finds the same architecture."""
+    first: dict[str, str] = {}
+    same = {}
+    for label, result in found.items():
+        arch = result["arch"]
+        key = json.dumps([arch["space"], arch["choices"], arch["scales"]], sort_keys=True)
+        if key in first:
+            same[label] = first[key]
+        first.setdefault(key, label)
+    return same
+
+
 def _pairs(mapping: dict[str, Any], digits: int = 3) -> str:
     def shown(value: Any) -> str:
         if isinstance(value, (list, tuple)):
@@ -124,15 +145,15 @@ def _line_reading(summary: pd.DataFrame, searched: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _searched_section(found: dict[str, dict[str, Any]], budgets: dict[str, float], compared: pd.DataFrame,
-                      folder: str) -> list[str]:
+def _searched_section(found: dict[str, dict[str, Any]], same: dict[str, str], budgets: dict[str, float],
+                      compared: pd.DataFrame, folder: str) -> list[str]:
     lines = []
     for label, result in found.items():
         arch, name = result["arch"], label.split(":", 1)[1]
         baseline, budget = result["baseline"], budgets[result["baseline"]]
         ended = arch["metrics"]["gmacs"]
         retrained = compared.set_index("model").loc[label, "gmacs"]
-        missed = abs(ended / budget - 1) > BUDGET_MISS
+        missed = abs(_ended_over_budget(result, budgets) - 1) > BUDGET_MISS
         lines += [
             f"### {label}", "",
             f"* space `{arch['space']}`, budget {budget:.4g} GMACs ({baseline}'s); the search ended at "
@@ -140,6 +161,8 @@ def _searched_section(found: dict[str, dict[str, Any]], budgets: dict[str, float
             + (", **budget missed**" if missed else "") + f"); retrained model (DynOPools frozen): "
             f"{retrained:.4g} GMACs (fvcore)",
             f"* budget warning: {result['warning'] or 'none'}",
+            *([f"* **the same architecture as {same[label]}** (space, choices and scales identical): trained once, "
+               f"its rows in the tables are {same[label]}'s"] if label in same else []),
             f"* supernet's validation top-1 at the end of the search: {arch['metrics']['default']:.4f}; "
             f"search time {result['seconds']:.0f} s",
             f"* learned scales (r_h, r_w): {_pairs(arch['scales'])}",
@@ -176,8 +199,10 @@ def main() -> None:
             print(f"{search}: {result['arch']['metrics']}, {result['seconds']:.0f} s", flush=True)
 
     before = time.perf_counter()
+    same = _same_as(found)  # trained once: a rerun would repeat the same numbers
     compare = CompareSettings(
-        architectures=[folder / "searches" / label.split(":", 1)[1] for label in found], output=folder / "compare",
+        architectures=[folder / "searches" / label.split(":", 1)[1] for label in found if label not in same],
+        output=folder / "compare",
         dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, image_size=args.image_size,
         max_train_images=args.train_images or None, seeds=args.seeds,
     )
@@ -188,6 +213,11 @@ def main() -> None:
     if not tested:  # a data set without a test split: the validation split stands in, and the page says so
         runs["test_top1"] = runs["val_top1"]
     runs["epochs"] = args.epochs
+    runs = pd.concat([runs, *(runs[runs["model"] == original].assign(model=label) for label, original in same.items())],
+                     ignore_index=True)
+    order = {model: index for index, model in enumerate([*BASELINES, *found])}
+    runs = runs.sort_values(["model", "seed"], key=lambda c: c.map(order) if c.name == "model" else c, kind="stable")
+    at_chance = pd.read_csv(folder / "compare" / "comparison.csv").set_index("model")["at_chance"]
     missing = set(found) - set(runs["model"])
     if missing:
         raise RuntimeError(f"compare labelled the architectures otherwise: {sorted(missing)} not in "
@@ -201,6 +231,7 @@ def main() -> None:
         "test top-1 (%)": [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(summary["test_top1_mean"],
                                                                           summary["test_top1_std"])],
         "validation top-1 (%)": [f"{100 * m:.2f}" for m in summary["val_top1_mean"]], "seeds": summary["n"],
+        "at chance (compare)": ["**yes**" if at_chance[same.get(m, m)] else "" for m in summary["model"]],
     })
     searched = list(found)
     comparisons = [paired(runs, label, baseline) for label in searched for baseline in BASELINES]
@@ -212,6 +243,7 @@ def main() -> None:
     print(reading.to_string(index=False), flush=True)
 
     relative = folder.relative_to(RESULTS)
+    twins = ", ".join(f"{label} = {original}" for label, original in same.items())
     searched_on = f"the first {args.search_images} images of" if args.search_images else "all of"
     test_words = "test top-1 on the full test split" if tested else \
         f"**{args.dataset} has no test split: the 'test' columns are the validation split's top-1**"
@@ -240,11 +272,25 @@ def main() -> None:
         f"{compare.epochs} "
         f"epoch(s) for every model (no 25% longer schedule: one recipe for all), {training_subset(args)} the "
         f"training split of seed {args.seeds[0]}, seeds {list(compare.seeds)} (initialization and data order); "
-        f"validation top-1 after the last epoch; {test_words}.",
+        f"validation top-1 after the last epoch; {test_words}. "
+        + (f"Architectures identical to an earlier search's are trained once ({twins}): a second training would "
+           "repeat the same computation (same seed, initialization and data order)." if same
+           else "The four architectures differ."),
         "* Paired comparisons: each searched architecture minus a baseline of the same seed, test top-1, mean and "
         "95% t-interval over seeds; 'better'/'worse' only where the interval excludes 0.", "",
         "## Results", "",
         shown.to_markdown(index=False, floatfmt=".4g"), "",
+        "At chance (compare's flag): validation top-1 not above 1/classes by three binomial standard deviations; "
+        "such a row says nothing about its architecture.", "",
+        f"Did each search hold its budget (within {BUDGET_MISS:.0%}, the constraint's own tolerance)? The GMACs "
+        "are those of the architecture derived at the end of the search:", "",
+        pd.DataFrame([{
+            "search": label, "budget (GMACs)": budgets[result["baseline"]], "budget of": result["baseline"],
+            "ended at (GMACs)": result["arch"]["metrics"]["gmacs"],
+            "ended / budget": _ended_over_budget(result, budgets),
+            "held": "yes" if abs(_ended_over_budget(result, budgets) - 1) <= BUDGET_MISS else "**no**",
+            "out-of-reach warning": "**yes**" if result["warning"] else "no",
+        } for label, result in found.items()]).to_markdown(index=False, floatfmt=".4g"), "",
         "Paired by seed (test top-1 difference, 95% t-interval):", "",
         pd.DataFrame(comparisons).to_markdown(index=False, floatfmt=".4f"), "",
         "Accuracy per GMAC: the straight line through EfficientNet-B0 and -B1 in (GMACs, mean test top-1); an "
@@ -255,7 +301,7 @@ def main() -> None:
         f"`{relative}/compare/comparison.png`; compare's table with latency: `{relative}/compare/comparison.md`; "
         f"every run: `{relative}/compare/comparison_runs.csv`.", "",
         "## Searched architectures", "",
-        *_searched_section(found, budgets, summary, str(relative)),
+        *_searched_section(found, same, budgets, summary, str(relative)),
         "## Time", "",
         *(f"* {stage}: {seconds:.0f} s" for stage, seconds in timings.items()), "",
         "## Every run", "", runs.to_markdown(index=False, floatfmt=".4g"),
