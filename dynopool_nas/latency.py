@@ -611,8 +611,10 @@ class LatencyCost:
         ``variants`` names the forms a unit may take in the architecture when it is not the module
         that runs (a supernet's mixed operation, which runs at its largest width, masked): called
         with a unit's name, module and argument shapes, it returns ``(module, shapes, gate)`` per
-        form, each timed on its own and weighted by its gate (the probability of that form, or
-        1/0 with ``hard=True``) in place of the unit's own gate; or ``None`` to time the unit as it is."""
+        form, each timed on its own (a DynOPool form: on its grid, at those shapes) and weighted
+        by its gate (the probability of that form, or 1/0 with ``hard=True``) besides the
+        unit's gates; ``None`` to time the unit as it is; or no form at all for a module that is
+        part of no architecture (a supernet's own machinery)."""
         if isinstance(input_size, Tensor) or len(input_size) != 3:
             raise ValueError(f"input_size must be (channels, height, width), got {input_size!r}")
         if not scales or any(not (math.isfinite(s) and s > 0) for s in scales):
@@ -647,6 +649,11 @@ class LatencyCost:
 
         plans: list[tuple[str, int, bool, list[_Point], Gate | None]] = []
         copies: dict[int, nn.Module] = {}
+
+        def forms_of(name: str, module: nn.Module, shapes: tuple[Any, ...]) -> Sequence[tuple[nn.Module, Any, Any]]:
+            forms = variants(name, module, shapes) if variants is not None else None
+            return [(module, shapes, None)] if forms is None else forms
+
         for name, calls in recorded.items():
             module = units[name]
             if isinstance(module, DynOPool2d):
@@ -654,16 +661,16 @@ class LatencyCost:
                     source = probe.calls[name][index]
                     parent = probe.sources[source].parent
                     grow_input = parent >= 0 and variable[parent] and _spatial_of(shapes) == probe.sources[parent].size0
-                    points = _pool_points(module, shapes, out0, scales, grow_input, table)
-                    plans.append((name, source, True, points, None))
+                    for _, form_shapes, option in forms_of(name, module, shapes):
+                        points = _pool_points(module, form_shapes, out0, scales, grow_input, table)
+                        plans.append((name, source, True, points, option))
                 continue
             for index, (shapes, _) in enumerate(calls):
                 source = governing[name][index]
                 in0 = _spatial_of(shapes)
                 grow = source >= 0 and variable[source] and in0 == probe.sources[source].size0
                 sizes = _grid(in0, scales) if grow and in0 is not None else [in0]
-                forms = (variants(name, module, shapes) if variants is not None else None) or [(module, shapes, None)]
-                for form, form_shapes, option in forms:
+                for form, form_shapes, option in forms_of(name, module, shapes):
                     copied = copies.setdefault(id(form), copy.deepcopy(form).to(device=table.device, dtype=table.dtype))
                     copied.train(table.mode == "training")
                     points = []
@@ -679,8 +686,7 @@ class LatencyCost:
             xs = [point.feature for point in points]
             ys = [table.entries[point.key] for point in points]
             samples = tuple((*(p.size or (0, 0)), p.feature, y) for p, y in zip(points, ys))
-            keys = tuple(key for key in gate_keys(name, gates) if option is None or key != name)
-            terms.append(_Term(name, source, fit_monotone(xs, ys), pool, keys, samples, option))
+            terms.append(_Term(name, source, fit_monotone(xs, ys), pool, gate_keys(name, gates), samples, option))
         if not any(s.pool is not None for s in probe.sources):
             warnings.warn("LatencyCost: the model has no DynOPool2d; the cost is a constant", stacklevel=2)
         return cls(probe.sources, terms, gates, table)

@@ -37,7 +37,7 @@ from dynopool_nas.latency import LatencyCost, LatencyTable, Variants
 
 __all__ = [
     "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric", "derived_parameter_count",
-    "mixed_operation_forms", "supernet_cost", "supernet_gates", "supernet_latency_cost",
+    "supernet_cost", "supernet_gates", "supernet_latency_cost", "width_forms",
 ]
 
 _CHANNEL_ARGUMENTS = ("in_channels", "out_channels", "in_features", "out_features", "num_features")
@@ -91,28 +91,28 @@ def _expected_share(operation: MixedOperation, hard: bool) -> Tensor | float:
 _OUTPUT_CHANNELS = ("out_channels", "out_features", "num_features")
 
 
-def _channel_gates(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Gate]:
-    """Gates for plain layers (pooling, DynOPool, activations with a cost) whose channel count
-    follows a width choice upstream: the share of the latest mixed operation, in call order,
-    whose largest output has as many channels as the layer's input. In a supernet every
-    width runs at its largest, masked, so fvcore counted these layers at the largest width."""
-    sources: list[tuple[int, Gate]] = []
-    gates: dict[str, Gate] = {}
+def _channel_sources(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, tuple[MixedOperation, str]]:
+    """For every plain layer (pooling, DynOPool, activations with a cost) whose channel count
+    follows a width choice upstream: the latest mixed operation, in call order, whose largest
+    output has as many channels as the layer's input, and that operation's output argument. In
+    a supernet every width runs at its largest, masked, so such a layer runs at the largest width."""
+    sources: list[tuple[int, tuple[MixedOperation, str]]] = []
+    found: dict[str, tuple[MixedOperation, str]] = {}
     mixed = {name for name, module in model.named_modules() if isinstance(module, MixedOperation)}
 
     def pre(name: str, module: nn.Module, args: Any) -> None:
         if name in mixed or not args or not isinstance(args[0], Tensor) or args[0].dim() != 4:
             return
         channels = args[0].shape[1]
-        for source_channels, gate in reversed(sources):
+        for source_channels, source in reversed(sources):
             if source_channels == channels:
-                gates.setdefault(name, gate)
+                found.setdefault(name, source)
                 return
 
     def post(name: str, module: nn.Module, args: Any, output: Any) -> None:
         argument = next((a for a in _OUTPUT_CHANNELS if a in getattr(module, "mutable_arguments", {})), None)
         if argument is not None and isinstance(output, Tensor) and output.dim() >= 2:
-            sources.append((output.shape[1], partial(_argument_share, module, argument)))
+            sources.append((output.shape[1], (module, argument)))
 
     handles = []
     for name, module in model.named_modules():
@@ -127,7 +127,14 @@ def _channel_gates(model: nn.Module, input_size: tuple[int, int, int]) -> dict[s
     finally:
         for handle in handles:
             handle.remove()
-    return gates
+    return found
+
+
+def _channel_gates(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Gate]:
+    """Gates for the plain layers of :func:`_channel_sources`: the expected share of the width
+    they follow (fvcore counted them at the largest width)."""
+    return {name: partial(_argument_share, operation, argument)
+            for name, (operation, argument) in _channel_sources(model, input_size).items()}
 
 
 def _product(first: Gate, second: Gate, hard: bool) -> Tensor | float:
@@ -138,10 +145,10 @@ def _add_gate(gates: dict[str, Gate], key: str, gate: Gate) -> None:
     gates[key] = partial(_product, gates[key], gate) if key in gates else gate
 
 
-def supernet_gates(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Gate]:
-    """:data:`~dynopool_nas.cost.Gate` functions for the differentiable choices of a DARTS-style
-    supernet, by module name."""
-    gates = _channel_gates(model, input_size)
+def _structural_gates(model: nn.Module) -> dict[str, Gate]:
+    """The gates of what a supernet's choices keep: every ``LayerChoice`` candidate by its
+    probability, every ``Repeat`` block by the probability that the depth keeps it."""
+    gates: dict[str, Gate] = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(module, DifferentiableMixedLayer):
@@ -150,8 +157,24 @@ def supernet_gates(model: nn.Module, input_size: tuple[int, int, int]) -> dict[s
         elif isinstance(module, DifferentiableMixedRepeat):
             for index in range(len(module.blocks)):
                 _add_gate(gates, f"{prefix}blocks.{index}", partial(_depth_at_least, module, index + 1))
-        elif isinstance(module, MixedOperation) and hasattr(module, "_arch_alpha"):
-            _add_gate(gates, name, partial(_expected_share, module))
+    return gates
+
+
+def _mixed_operations(model: nn.Module) -> dict[str, MixedOperation]:
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, MixedOperation) and hasattr(module, "_arch_alpha")}
+
+
+def supernet_gates(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Gate]:
+    """:data:`~dynopool_nas.cost.Gate` functions for the differentiable choices of a DARTS-style
+    supernet, by module name: candidates and depths (:func:`_structural_gates`), and every width
+    or kernel choice by its expected share (mixed operations, and the plain layers that follow a
+    width)."""
+    gates = _channel_gates(model, input_size)
+    for key, gate in _structural_gates(model).items():
+        _add_gate(gates, key, gate)
+    for name, module in _mixed_operations(model).items():
+        _add_gate(gates, name, partial(_expected_share, module))
     return gates
 
 
@@ -162,7 +185,7 @@ def supernet_cost(model: nn.Module, input_size: tuple[int, int, int]) -> GMACsCo
 
 
 _FORM_INPUTS = {MixedConv2d: "in_channels", MixedBatchNorm2d: "num_features", MixedLinear: "in_features"}
-"""Mixed operations :func:`mixed_operation_forms` times as their plain forms, and the argument
+"""Mixed operations :func:`width_forms` times as their plain forms, and the argument
 that sets their input's channels (features, the last dimension, for a linear layer)."""
 
 
@@ -170,16 +193,48 @@ def _joint_probability(alphas: list[Tensor], indices: tuple[int, ...], hard: boo
     return math.prod(_candidate_probability(alpha, index, hard) for alpha, index in zip(alphas, indices))
 
 
-def mixed_operation_forms(model: nn.Module) -> Variants:
+def _one(hard: bool) -> float:
+    return 1.0
+
+
+def _option_probability(operation: MixedOperation, argument: str, index: int, hard: bool) -> Tensor:
+    return torch.as_tensor(_options(operation.mutable_arguments[argument], operation._arch_alpha, hard)[index][1])
+
+
+def _with_channels(shapes: tuple[Any, ...], largest: int, channels: int) -> tuple[Any, ...]:
+    """``shapes`` with every feature map of ``largest`` channels given ``channels``."""
+    return tuple(torch.Size((shape[0], channels, *shape[2:])) if isinstance(shape, torch.Size) and len(shape) >= 2
+                 and shape[1] == largest else shape for shape in shapes)
+
+
+def width_forms(model: nn.Module, input_size: tuple[int, int, int]) -> Variants:
     """The ``variants`` of :meth:`~dynopool_nas.LatencyCost.from_model` for a DARTS-style
-    supernet: a mixed convolution, batch norm or linear layer runs at its largest width, masked,
-    which is not the latency of any architecture; each of its forms (one per combination of its
-    labels' values) is timed instead as the plain layer it freezes to, on an input with that
-    form's channels, weighted by the form's probability (``hard=True``: 1 for the derived form)."""
-    mixed = {name: module for name, module in model.named_modules()
-             if isinstance(module, tuple(_FORM_INPUTS)) and hasattr(module, "_arch_alpha")}
+    supernet, whose width choices run at their largest width, masked, which is no
+    architecture's latency. Each form is timed as the architecture would run it and weighted by
+    its probability (``hard=True``: 1 for the derived form):
+
+    * a mixed convolution, batch norm or linear layer: one form per combination of its labels'
+      values, the plain layer it freezes to, on an input with that form's channels;
+    * a plain layer that follows a width (pooling, activation, DynOPool;
+      :func:`_channel_sources`): one form per value of that width, on an input of as many
+      channels;
+    * the softmax modules of NNI's mixed layers: no form (they run in the supernet only)."""
+    mixed = {name: module for name, module in _mixed_operations(model).items()
+             if isinstance(module, tuple(_FORM_INPUTS))}
+    following = _channel_sources(model, input_size)
+    machinery = {id(module._softmax) for module in model.modules()
+                 if isinstance(getattr(module, "_softmax", None), nn.Module)}
 
     def forms(name: str, module: nn.Module, shapes: tuple[Any, ...]) -> list[tuple[nn.Module, Any, Gate]] | None:
+        if id(module) in machinery:
+            return []
+        if name in following:
+            operation, argument = following[name]
+            options = _options(operation.mutable_arguments[argument], operation._arch_alpha, True)
+            largest = max(value for value, _ in options)
+            return [(module, _with_channels(shapes, largest, value),
+                     partial(_option_probability, operation, argument, index))
+                    for index, (value, _) in enumerate(options)]
         operation = mixed.get(name)
         if operation is None or module is not operation or not shapes or not isinstance(shapes[0], torch.Size):
             return None
@@ -205,13 +260,17 @@ def mixed_operation_forms(model: nn.Module) -> Variants:
 def supernet_latency_cost(
     model: nn.Module, input_size: tuple[int, int, int], table: LatencyTable | None = None
 ) -> LatencyCost:
-    """The expected latency (ms) of a one-shot supernet, with the gates of :func:`supernet_cost`
-    and every mixed operation timed in its plain forms (:func:`mixed_operation_forms`); call
+    """The expected latency (ms) of a one-shot supernet: candidates and depths weighted by their
+    probabilities (:func:`_structural_gates`), widths by their forms (:func:`width_forms`); call
     with ``hard=True`` for the predicted latency of the architecture derived at that moment.
     ``table``: see :meth:`~dynopool_nas.LatencyCost.from_model` (default: the cached table of
     the model's device)."""
-    return LatencyCost.from_model(model, input_size, table, gates=supernet_gates(model, input_size),
-                                  variants=mixed_operation_forms(model))
+    gates = _structural_gates(model)
+    for name, module in _mixed_operations(model).items():  # a unit of its own, whose forms carry its width
+        gates.setdefault(name, _one if isinstance(module, tuple(_FORM_INPUTS)) else partial(_expected_share, module))
+    for name in _channel_sources(model, input_size):
+        gates.setdefault(name, _one)
+    return LatencyCost.from_model(model, input_size, table, gates=gates, variants=width_forms(model, input_size))
 
 
 def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:

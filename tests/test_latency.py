@@ -241,17 +241,25 @@ def test_variants_time_each_form_of_a_unit_and_weight_it_by_its_probability():
         p_narrow = lambda hard: (torch.sigmoid(theta) > 0.5).double() if hard else torch.sigmoid(theta)  # noqa: E731
         return [(narrow, (torch.Size((n, 8, h, w)),), p_narrow), (module, shapes, lambda hard: 1 - p_narrow(hard))]
 
-    cost = LatencyCost.from_model(model, (3, 16, 16), LatencyTable(**QUICK), {"2": lambda hard: 0.0},
+    kept = torch.tensor(0.8)  # a choice that keeps the unit (a candidate's probability), besides its width
+    cost = LatencyCost.from_model(model, (3, 16, 16), LatencyTable(**QUICK), {"2": lambda hard: 1.0 if hard else kept},
                                   scales=SCALES, variants=variants)
     forms = [term for term in cost.terms if term.name == "2"]
-    assert len(forms) == 2 and all(term.keys == () for term in forms)  # the unit's own gate is replaced
+    assert len(forms) == 2 and all(term.keys == ("2",) for term in forms)
     assert [s[:2] for s in forms[0].samples] == [s[:2] for s in forms[1].samples]  # one grid, two forms
     assert any("Conv2d(8, 8" in key for key in cost.table.entries)
     sizes = [size.double() for size in cost.sizes()]
     narrow_ms, wide_ms = (cost._value(term, sizes).item() for term in forms)
     rest = sum(cost._value(term, sizes).item() for term in cost.terms if term.name != "2")
     p = torch.sigmoid(theta).item()
-    assert cost().item() == pytest.approx(rest + p * narrow_ms + (1 - p) * wide_ms, rel=1e-9)
+    assert cost().item() == pytest.approx(rest + 0.8 * (p * narrow_ms + (1 - p) * wide_ms), rel=1e-6)
     assert cost(hard=True).item() == pytest.approx(rest + wide_ms, rel=1e-9)  # p < 0.5: the wide form
     cost().backward()
     assert theta.grad is not None
+
+
+def test_a_variant_with_no_form_is_not_priced():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), DynOPool2d(0.5, name="pool"), nn.Softmax(dim=1))
+    cost = LatencyCost.from_model(model, (3, 16, 16), LatencyTable(**QUICK), scales=SCALES,
+                                  variants=lambda name, module, shapes: [] if name == "2" else None)
+    assert set(cost.layer_ms()) == {"0", "1"}
