@@ -357,12 +357,12 @@ class _Point:
 
 
 class LatencyTable:
-    """Measured milliseconds per call of layers at given input sizes, for one device fingerprint.
+    """Measured milliseconds per call of units at given input sizes, for one device fingerprint.
 
     Loaded from and saved to ``cache_dir() / <fingerprint>.json`` (atomically) unless ``path`` is
     given or ``cache=False``. :meth:`ensure` measures the points not in it yet, which
     :meth:`LatencyCost.from_model` calls; :attr:`measured` counts the points this object has
-    measured.
+    measured and :attr:`seconds` the wall time it spent measuring them.
 
     Args:
         device: where layers run (the model's device is used by :meth:`LatencyCost.from_model`
@@ -401,6 +401,7 @@ class LatencyTable:
             self.path = Path(path) if path is not None else cache_dir() / f"{_fingerprint_id(self.fingerprint)}.json"
         self.entries: dict[str, float] = {}
         self.measured = 0
+        self.seconds = 0.0
         if self.path is not None and self.path.exists():
             stored = json.loads(self.path.read_text())
             if stored.get("fingerprint") == self.fingerprint:
@@ -424,11 +425,13 @@ class LatencyTable:
         if not missing:
             return
         jobs = {key: self._job(point) for key, point in missing.items()}
+        started = time.perf_counter()
         with _threads(self.threads):
             times = _measure(jobs, self.device, repeats=self.repeats, warmup=self.warmup,
                              seed=self.seed, progress=self.progress, description="latency table")
         self.entries.update(times)
         self.measured += len(times)
+        self.seconds += time.perf_counter() - started
         self.save()
 
     def _job(self, point: _Point) -> Callable[[], Callable[[], object]]:
