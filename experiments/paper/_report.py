@@ -5,6 +5,7 @@ writing a results page under docs/results/ (command, seeds, wall time)."""
 from __future__ import annotations
 
 import argparse
+import os
 import math
 import platform
 import statistics
@@ -28,7 +29,8 @@ from dynopool_nas.models import create_model
 from dynopool_nas.train import EpochResult, evaluate, fit
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "docs" / "results"
+RESULTS = Path(os.environ.get("DYNOPOOL_NAS_RESULTS") or ROOT / "docs" / "results")
+"""Where pages, curves and figures go: docs/results/, or the folder ``$DYNOPOOL_NAS_RESULTS`` names."""
 DEFAULT_DATASET = "fashion-mnist"
 RECIPE = ("SGD lr 0.05, Nesterov momentum 0.9, cosine schedule, batch 64, weight decay 5e-4; scales at the "
           "library's defaults (alpha lr = lr/10 with normalized scale steps, no weight decay, initial scale "
