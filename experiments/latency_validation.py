@@ -176,7 +176,7 @@ def budget_search(args: argparse.Namespace, table: LatencyTable, scratch: Path) 
 
     lines = ["| space | budget (ms) | predicted at the end (ms) | measured (ms) | measured / budget | supernet table "
              "| search |", "|---|---|---|---|---|---|---|"]
-    for space_name in SPACES:
+    for space_name in args.budget_spaces:
         reference = name_dynopools(make_space(space_name, 10, INPUT_SIZE[0]))
         defaults = reference.freeze({label: m.default() for label, m in reference.simplify().items()})
         budget = args.budget_fraction * float(LatencyCost.from_model(defaults, INPUT_SIZE, table)().detach())
@@ -245,6 +245,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--held-out", action="store_true", help="compare the fits on held-out grid points (printed)")
     parser.add_argument("--budget-search", action="store_true", help="also run a latency-budget search per space")
+    parser.add_argument("--budget-spaces", nargs="+", choices=SPACES, default=list(SPACES),
+                        help="the spaces searched with a latency budget")
     parser.add_argument("--draws", type=int, default=12, help="architectures per space")
     parser.add_argument("--scale-range", type=float, nargs=2, default=(0.3, 0.8), metavar=("LOW", "HIGH"))
     parser.add_argument("--threads", type=int, default=1)
