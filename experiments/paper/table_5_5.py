@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import pandas as pd
@@ -20,6 +21,7 @@ MODELS = [("vgg16_cifar", 32, 100), ("resnet50_cifar", 32, 100), ("mobilenetv2_c
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     started = time.perf_counter()
     rows = []
     for name, size, classes in MODELS:
