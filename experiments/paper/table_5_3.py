@@ -249,9 +249,9 @@ def main() -> None:
         f"**{args.dataset} has no test split: the 'test' columns are the validation split's top-1**"
     body = "\n".join([
         f"{args.dataset} at {args.image_size}x{args.image_size}. **CPU-sized**: every number on this page comes from "
-        f"a training subset and a short schedule chosen so that the whole script fits about half an hour on one "
-        f"CPU thread; it compares the methods under one small budget and says nothing about their accuracy at "
-        f"convergence.", "",
+        "a training subset and a short schedule (see the recipe; no model, EfficientNet included, has converged on "
+        "it); it compares the methods under one small budget and says nothing about their accuracy at "
+        "convergence.", "",
         "## Recipe", "",
         f"* Budgets: EfficientNet-B0 and -B1 (timm, `in_chans={splits.in_chans}`, {splits.num_classes} classes) "
         f"counted by fvcore at {args.image_size}x{args.image_size}: "
