@@ -651,7 +651,7 @@ class LatencyCost:
         variable = _is_variable(probe.sources)
 
         plans: list[tuple[str, int, bool, list[_Point], Gate | None]] = []
-        copies: dict[int, nn.Module] = {}
+        copies: dict[int, tuple[nn.Module, nn.Module]] = {}  # id -> (form, kept alive: its id is not reused; copy)
 
         def forms_of(name: str, module: nn.Module, shapes: tuple[Any, ...]) -> Sequence[tuple[nn.Module, Any, Any]]:
             forms = variants(name, module, shapes) if variants is not None else None
@@ -674,7 +674,9 @@ class LatencyCost:
                 grow = source >= 0 and variable[source] and in0 == probe.sources[source].size0
                 sizes = _grid(in0, scales) if grow and in0 is not None else [in0]
                 for form, form_shapes, option in forms_of(name, module, shapes):
-                    copied = copies.setdefault(id(form), copy.deepcopy(form).to(device=table.device, dtype=table.dtype))
+                    if id(form) not in copies:
+                        copies[id(form)] = (form, copy.deepcopy(form).to(device=table.device, dtype=table.dtype))
+                    copied = copies[id(form)][1]
                     copied.train(table.mode == "training")
                     points = []
                     for size in sizes:

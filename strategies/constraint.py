@@ -30,7 +30,7 @@ from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMix
 from nni.nas.oneshot.pytorch.supermodule.operation import MixedBatchNorm2d, MixedConv2d, MixedLinear, MixedOperation
 from torch import Tensor, nn
 
-from dynopool_nas import GMACsCost
+from dynopool_nas import DynOPool2d, GMACsCost
 from dynopool_nas._utils import eval_mode, example_input
 from dynopool_nas.cost import Gate, gate_keys
 from dynopool_nas.latency import LatencyCost, LatencyTable, Variants
@@ -207,6 +207,14 @@ def _with_channels(shapes: tuple[Any, ...], largest: int, channels: int) -> tupl
                  and shape[1] == largest else shape for shape in shapes)
 
 
+def _channel_agnostic(module: nn.Module) -> bool:
+    """Whether ``module`` runs on any number of channels: no weight or buffer sized by them (a
+    pooling, an activation, a DynOPool)."""
+    if isinstance(module, DynOPool2d):
+        return True
+    return not any(True for _ in itertools.chain(module.parameters(), module.buffers()))
+
+
 def width_forms(model: nn.Module, input_size: tuple[int, int, int]) -> Variants:
     """The ``variants`` of :meth:`~dynopool_nas.LatencyCost.from_model` for a DARTS-style
     supernet, whose width choices run at their largest width, masked, which is no
@@ -215,9 +223,9 @@ def width_forms(model: nn.Module, input_size: tuple[int, int, int]) -> Variants:
 
     * a mixed convolution, batch norm or linear layer: one form per combination of its labels'
       values, the plain layer it freezes to, on an input with that form's channels;
-    * a plain layer that follows a width (pooling, activation, DynOPool;
-      :func:`_channel_sources`): one form per value of that width, on an input of as many
-      channels;
+    * a plain layer without channel-sized weights that follows a width (pooling, activation,
+      DynOPool; :func:`_channel_sources`): one form per value of that width, on an input of as
+      many channels;
     * the softmax modules of NNI's mixed layers: no form (they run in the supernet only)."""
     mixed = {name: module for name, module in _mixed_operations(model).items()
              if isinstance(module, tuple(_FORM_INPUTS))}
@@ -228,7 +236,7 @@ def width_forms(model: nn.Module, input_size: tuple[int, int, int]) -> Variants:
     def forms(name: str, module: nn.Module, shapes: tuple[Any, ...]) -> list[tuple[nn.Module, Any, Gate]] | None:
         if id(module) in machinery:
             return []
-        if name in following:
+        if name in following and _channel_agnostic(module):
             operation, argument = following[name]
             options = _options(operation.mutable_arguments[argument], operation._arch_alpha, True)
             largest = max(value for value, _ in options)
