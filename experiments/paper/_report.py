@@ -5,8 +5,8 @@ writing a results page under docs/results/ (command, seeds, wall time)."""
 from __future__ import annotations
 
 import argparse
-import os
 import math
+import os
 import platform
 import statistics
 import sys
