@@ -171,22 +171,27 @@ class MonotoneFit:
     """A unit's latency as a function of its work ``x``: the piecewise-linear interpolant of
     ``knots`` (``x`` ascending, milliseconds non-decreasing) inside them, and beyond them lines of
     the affine fit's ``slope`` (:func:`fit_affine`) from the end knots. Non-decreasing everywhere,
-    so a smaller map is never predicted slower and every gradient to a scale has the right sign."""
+    so a smaller map is never predicted slower and every gradient to a scale has the right sign.
+    Evaluated with tensor operations only: no value is read back to the host (a GPU never waits)."""
 
     knots: tuple[tuple[float, float], ...]
     slope: float
+    _tensors: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def __call__(self, x: Tensor) -> Tensor:
-        (first_x, first_y), (last_x, last_y) = self.knots[0], self.knots[-1]
-        at = float(x.detach())
-        if at <= first_x:
-            return (first_y + self.slope * (x - first_x)).clamp_min(0.0)
-        if at >= last_x:
-            return last_y + self.slope * (x - last_x)
-        for (x0, y0), (x1, y1) in zip(self.knots, self.knots[1:]):
-            if at <= x1:
-                return y0 + (y1 - y0) / (x1 - x0) * (x - x0)
-        raise AssertionError("unreachable: x lies between the knots")
+        key = (x.device, x.dtype)
+        if key not in self._tensors:
+            self._tensors[key] = (x.new_tensor([u for u, _ in self.knots]), x.new_tensor([v for _, v in self.knots]))
+        knots_x, knots_y = self._tensors[key]
+        below = (knots_y[0] + self.slope * (x - knots_x[0])).clamp_min(0.0)
+        above = knots_y[-1] + self.slope * (x - knots_x[-1])
+        if len(self.knots) == 1:
+            return torch.where(x <= knots_x[0], below, above)
+        right = torch.searchsorted(knots_x, x.detach().reshape(1)).clamp(1, len(self.knots) - 1)[0]
+        x0, x1, y0, y1 = knots_x[right - 1], knots_x[right], knots_y[right - 1], knots_y[right]
+        inside = y0 + (y1 - y0) / (x1 - x0) * (x - x0)
+        return torch.where(x <= knots_x[0], below, torch.where(x >= knots_x[-1], above, inside))
 
 
 def fit_monotone(x: Sequence[float], y: Sequence[float]) -> MonotoneFit:

@@ -7,7 +7,7 @@ from branches import TwoBranches, branch_gates
 from torch import nn
 from torch.utils.cpp_extension import get_default_build_root
 
-from dynopool_nas import DynOPool2d, LatencyCost, LatencyTable, measure_model
+from dynopool_nas import DynOPool2d, LatencyCost, LatencyTable, measure_model, measure_models
 from dynopool_nas.latency import cache_dir, device_fingerprint, fit_affine, fit_monotone
 
 # Tiny grids and short samples: the machine is shared, so no test asserts a tight timing.
@@ -68,6 +68,10 @@ def test_fit_monotone_follows_the_grid_pools_violators_and_continues_with_the_af
     assert (values.diff() >= 0).all()
     # equal work (an H x W and a W x H map) is averaged into one knot
     assert fit_monotone([2, 2, 4], [1.0, 3.0, 5.0]).knots == ((2, 2.0), (4, 5.0))
+    # one knot: the affine tail on both sides; exactly at a knot, its value
+    single = fit_monotone([3.0], [2.0])
+    assert single(torch.tensor(3.0, dtype=torch.float64)).item() == 2.0
+    assert fit(torch.tensor(4.0, dtype=torch.float64)).item() == pytest.approx(4.0)
 
 
 def test_gradient_reaches_every_alpha_and_a_smaller_map_is_predicted_faster():
@@ -263,3 +267,12 @@ def test_a_variant_with_no_form_is_not_priced():
     cost = LatencyCost.from_model(model, (3, 16, 16), LatencyTable(**QUICK), scales=SCALES,
                                   variants=lambda name, module, shapes: [] if name == "2" else None)
     assert set(cost.layer_ms()) == {"0", "1"}
+
+
+def test_measure_models_times_every_model_and_the_table_its_measuring_time():
+    small, large = nn.Conv2d(3, 4, 1), nn.Sequential(*(nn.Conv2d(3, 3, 5, padding=2) for _ in range(6)))
+    times = measure_models({"small": small, "large": large}, (3, 32, 32), threads=1, repeats=5)
+    assert set(times) == {"small", "large"} and all(t > 0 for t in times.values())
+    table = LatencyTable(**QUICK)
+    LatencyCost.from_model(_chain(), (3, 16, 16), table, scales=SCALES)
+    assert table.measured > 0 and table.seconds > 0

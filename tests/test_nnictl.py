@@ -72,10 +72,11 @@ def test_quick_command_runs_the_quick_config_and_keeps_the_best_trial(tmp_path, 
     assert len(table) == 2 and set(table["status"]) == {"SUCCEEDED"}
     assert "trials finished" not in out and "2/2" in captured.err  # one progress bar, no line per poll
     assert "--epochs 1" in (tmp_path / "quick.yml").read_text()
-    assert table["top1"].is_monotonic_decreasing and (table["gmacs"] > 0).all()
+    assert table["top1"].is_monotonic_decreasing and (table["gmacs"] > 0).all() and (table["latency_ms"] > 0).all()
     assert "NNI web UI: http://127.0.0.1:" in out and "experiment stopped" in out
     arch = load_architecture(tmp_path / "best" / "arch.json")
     assert arch["metrics"]["default"] == table["top1"].iloc[0]
+    assert arch["metrics"]["latency_ms"] == table["latency_ms"].iloc[0]  # the number in the table is the trial's
     assert (tmp_path / "best" / "weights.pt").is_file()
 
 

@@ -76,7 +76,8 @@ def results_table(experiment: Any) -> pd.DataFrame:
         final = final if isinstance(final, dict) else {"default": final}
         parameters = trial.hyperParameters[0].parameters if trial.hyperParameters else {}
         rows.append({"trial": trial.trialJobId, "status": trial.status, "top1": final.get("default"),
-                     "gmacs": final.get("gmacs"), "params": final.get("params"), **parameters})
+                     "gmacs": final.get("gmacs"), "latency_ms": final.get("latency_ms"), "params": final.get("params"),
+                     **parameters})
     table = pd.DataFrame(rows)
     return table.sort_values("top1", ascending=False, na_position="last") if len(table) else table
 
