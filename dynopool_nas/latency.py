@@ -18,13 +18,17 @@ choice is not timed. Identical units at the same size share one measurement.
 
 Measurement (:class:`LatencyTable`): each unit is run on a copy of itself, on random inputs of
 the grid's sizes, batch 1 by default, under fixed threads (``torch.set_num_threads``, recorded in
-the device fingerprint), after warm-up; the points are timed in rounds, every round one call of
-each point in a new random order (interleaved: a burst of load on a shared machine spreads over
-all points instead of biasing one, and every call follows another unit's as it does inside a
-model, where calls of one unit repeated back to back read 10-25% faster), and a point's value is
-the median of its rounds. At one CPU thread a
-sample is the thread's CPU time (every operator runs in the calling thread; time it spends
-preempted by another process is not counted), otherwise wall-clock time after a synchronisation.
+the device fingerprint), after warm-up; the points are timed in windows of :data:`WINDOW`, taken
+in the order of a model run at each grid size in turn (every unit's first grid point in call
+order, then every unit's second, ...), in rounds, every round one call of each point of the window in a new
+random order (interleaved: a burst of load on a shared machine spreads over the window's points
+instead of biasing one, and every call follows another unit's as it does inside a model, where
+calls of one unit repeated back to back read 10-25% faster; the window keeps the working set
+about a model's, as a whole supernet's thousands of points interleaved at once did not: they
+evicted oneDNN's primitive cache and read a supernet's layers 30-50% slower than a derived
+model's), and a point's value is the median of its rounds. At one CPU thread a sample is the
+thread's CPU time (every operator runs in the calling thread; time it spends preempted by another
+process is not counted), otherwise wall-clock time after a synchronisation.
 Points are cached per device in ``$XDG_CACHE_HOME/dynopool_nas/latency/<fingerprint>.json``
 (``~/.cache`` by default), keyed by the unit's configuration and input shape, so identical units
 are measured once, ever.
@@ -87,9 +91,15 @@ DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
 """Scale factors of a layer's initial height and width; the grid is every (height, width) pair."""
 
 
-MEASUREMENT_PROTOCOL = 2
+MEASUREMENT_PROTOCOL = 3
 """Part of the device fingerprint: tables measured another way are not mixed with this one's
-(2: one timed call per point and round, thread CPU time at one CPU thread, units as blocks)."""
+(3: one timed call per point and round, interleaved in windows of :data:`WINDOW` points taken
+grid size by grid size, thread CPU time at one CPU thread, units as blocks, keyed by torch's
+description of the unit)."""
+
+WINDOW = 256
+"""Points of a :class:`LatencyTable` interleaved together (see :func:`_measure`): about the
+working set of a model (EfficientNet-B0 has ~200 layers), well inside oneDNN's primitive cache."""
 
 MODES = ("inference", "training")
 """``inference``: forward without gradients, modules in eval mode; ``training``: forward and
@@ -275,31 +285,40 @@ def _measure(
     *,
     repeats: int,
     warmup: int,
+    window: int,
     seed: int,
     progress: bool,
     description: str,
 ) -> dict[str, float]:
     """Median milliseconds per call of every job (a factory of a runner), in interleaved rounds.
 
-    After warm-up, every round calls every job once, in a new random order, and times that one
-    call: each call follows another job's, as a layer follows another layer in a model. (Calls
-    of one module repeated back to back run from warm instruction caches and branch predictors
-    and read 10-25% faster than the same module inside a model.)"""
+    Jobs are taken ``window`` at a time, in their given order (a model's units in call order).
+    After warm-up, every round calls every job of the window once, in a new random order, and
+    times that one call: each call follows another job's, as a layer follows another layer in a
+    model. (Calls of one module repeated back to back run from warm instruction caches and branch
+    predictors and read 10-25% faster than the same module inside a model.) The window bounds the
+    working set to about a model's: interleaving thousands of units at once evicts oneDNN's
+    primitive cache (1024 entries by default) and the CPU caches between two calls of a unit, and
+    read a depthwise convolution of an EfficientNet block up to 4x slower than inside the model."""
+    if window < 1:
+        raise ValueError(f"window must be a positive number of jobs, got {window!r}")
     sync, clock = _sync_for(device), _clock_for(device)
     samples: dict[str, list[float]] = {key: [] for key in jobs}
-    order = list(jobs)
+    keys = list(jobs)
     rng = random.Random(seed)
-    with tqdm(total=len(order) * (repeats + 1), desc=description, disable=not progress, leave=False) as bar:
-        for key in order:
-            run = jobs[key]()
-            for _ in range(max(warmup, 1)):
-                run()
-            bar.update()
-        for _ in range(repeats):
-            rng.shuffle(order)
+    with tqdm(total=len(keys) * (repeats + 1), desc=description, disable=not progress, leave=False) as bar:
+        for start in range(0, len(keys), window):
+            order = keys[start:start + window]
             for key in order:
-                samples[key].append(_time_ms(jobs[key](), sync, clock))
+                run = jobs[key]()
+                for _ in range(max(warmup, 1)):
+                    run()
                 bar.update()
+            for _ in range(repeats):
+                rng.shuffle(order)
+                for key in order:
+                    samples[key].append(_time_ms(jobs[key](), sync, clock))
+                    bar.update()
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
@@ -311,13 +330,16 @@ def measure_models(
     threads: int | None = None,
     repeats: int = 31,
     warmup: int = 3,
+    window: int = 1,
     progress: bool = False,
 ) -> dict[str, float]:
     """End-to-end latency of every model on one image of ``input_size`` (or on the given batch),
     in milliseconds: the median of ``repeats`` samples, measured as the units of a
     :class:`LatencyTable` are (``mode``, threads, warm-up, one call per sample, the thread's CPU
-    clock at one CPU thread), all models interleaved in every round, so that a burst of load on
-    a shared machine reaches each of them alike.
+    clock at one CPU thread). By default (``window=1``) each model runs alone, its calls back to
+    back, as a model serving requests runs; ``window=len(models)`` interleaves all models in
+    every round instead (a burst of load on a shared machine then reaches each alike, but
+    models with many distinct layers evict each other's oneDNN primitives and caches).
 
     Short samples and a median are what make a shared machine usable: a sample that another
     process preempted is an outlier the median drops, whereas a long sample averages the
@@ -332,7 +354,7 @@ def measure_models(
         copied.train(mode == "training")
         jobs[name] = lambda copied=copied, example=example: _runner(copied, lambda: (example.clone(),), mode)
     with _threads(threads or torch.get_num_threads()):
-        return _measure(jobs, device, repeats=repeats, warmup=warmup, seed=0, progress=progress,
+        return _measure(jobs, device, repeats=repeats, warmup=warmup, window=window, seed=0, progress=progress,
                         description="models")
 
 
@@ -376,6 +398,7 @@ class LatencyTable:
         threads: ``torch.set_num_threads`` while measuring (default: the current count).
         mode: ``'inference'`` (default) or ``'training'`` (forward and backward).
         repeats, warmup: interleaved rounds per point (one timed call each) and warm-up calls.
+        window: points interleaved together (:data:`WINDOW`; see :func:`_measure`).
         progress: show a tqdm bar while measuring.
     """
 
@@ -390,6 +413,7 @@ class LatencyTable:
         cache: bool = True,
         repeats: int = 15,
         warmup: int = 2,
+        window: int = WINDOW,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -399,7 +423,9 @@ class LatencyTable:
         self.mode = mode
         self.fingerprint = device_fingerprint(self.device, dtype, threads)
         self.threads = self.fingerprint["threads"]
-        self.repeats, self.warmup, self.seed = repeats, warmup, seed
+        if window < 1:
+            raise ValueError(f"window must be a positive number of points, got {window!r}")
+        self.repeats, self.warmup, self.window, self.seed = repeats, warmup, window, seed
         self.progress = progress
         self.path: Path | None = None
         if cache:
@@ -432,7 +458,7 @@ class LatencyTable:
         jobs = {key: self._job(point) for key, point in missing.items()}
         started = time.perf_counter()
         with _threads(self.threads):
-            times = _measure(jobs, self.device, repeats=self.repeats, warmup=self.warmup,
+            times = _measure(jobs, self.device, repeats=self.repeats, warmup=self.warmup, window=self.window,
                              seed=self.seed, progress=self.progress, description="latency table")
         self.entries.update(times)
         self.measured += len(times)
@@ -493,12 +519,35 @@ def _resized(shapes: tuple[Any, ...], old: tuple[int, int], new: tuple[int, int]
     )
 
 
+def _kind(module: nn.Module) -> type:
+    """The class that defines what ``module`` computes: the torch layer a subclass only builds
+    differently (NNI's ``MutableConv2d`` is a ``Conv2d`` with the same ``forward``), DynOPool2d for
+    a supernet's DynOPool, else the module's own class."""
+    if isinstance(module, DynOPool2d):
+        return DynOPool2d
+    for cls in type(module).__mro__:
+        torch_layer = cls.__module__.startswith("torch.nn.modules") and cls is not nn.Module
+        if torch_layer and type(module).forward is cls.forward:
+            return cls
+    return type(module)
+
+
+def _describe(module: nn.Module) -> str:
+    """``module`` as torch describes it (:func:`_kind`, its ``extra_repr``, its children), whatever
+    its class's ``__repr__`` prints: the same convolution built two ways (a supernet's frozen form,
+    NNI's ``MutableConv2d``; a derived model's ``Conv2d``) is then measured once."""
+    kind = _kind(module)
+    children = ", ".join(f"{name}={_describe(child)}" for name, child in module.named_children())
+    return f"{kind.__qualname__}({kind.extra_repr(module)}{'; ' + children if children else ''})"
+
+
 def _config(module: nn.Module) -> str:
     """A unit's configuration without its learned size (a DynOPool's alpha is a grid axis): its
-    whole ``repr`` (hashed when long), so that identical blocks share their measurements."""
+    description (:func:`_describe`, hashed when long), so that identical blocks share their
+    measurements."""
     if isinstance(module, DynOPool2d):
         return f"aggregation={module.aggregation!r}, min_size={module.min_size}"
-    text = repr(module).replace("\n", " ")
+    text = _describe(module)
     return text if len(text) <= 200 else f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:24]}"
 
 
@@ -507,7 +556,8 @@ def _key(module: nn.Module, shapes: tuple[Any, ...], mode: str, out_size: tuple[
         "x".join(map(str, s)) if isinstance(s, torch.Size) else repr(s) for s in shapes
     )
     out = f"->{out_size[0]}x{out_size[1]}" if out_size is not None else ""
-    return f"{mode}|{type(module).__module__}.{type(module).__qualname__}({_config(module)})|{args}{out}"
+    kind = _kind(module)
+    return f"{mode}|{kind.__module__}.{kind.__qualname__}({_config(module)})|{args}{out}"
 
 
 def _pool_at(pool: DynOPool2d, in_size: tuple[int, int], out_size: tuple[int, int], dtype: torch.dtype,
@@ -690,7 +740,9 @@ class LatencyCost:
                         points.append(_Point(_key(copied, point_shapes, table.mode), copied, point_shapes, area, size))
                     plans.append((name, source if grow else -1, False, points, option))
 
-        table.ensure([point for _, _, _, points, _ in plans for point in points])
+        # grid point by grid point, every unit in call order: a window of the table holds the model at a size or two
+        longest = max((len(points) for *_, points, _ in plans), default=0)
+        table.ensure([points[i] for i in range(longest) for *_, points, _ in plans if i < len(points)])
         terms = []
         for name, source, pool, points, option in plans:
             xs = [point.feature for point in points]

@@ -17,9 +17,11 @@ from search_spaces import _nni, _nni_compat  # noqa: F401  (NNI quietly, then th
 
 # isort: split
 
+import copy
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -33,7 +35,7 @@ from torch import Tensor, nn
 from dynopool_nas import DynOPool2d, GMACsCost
 from dynopool_nas._utils import eval_mode, example_input
 from dynopool_nas.cost import Gate, gate_keys
-from dynopool_nas.latency import LatencyCost, LatencyTable, Variants
+from dynopool_nas.latency import LatencyCost, LatencyTable, Variants, _shapes
 
 __all__ = [
     "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric", "derived_parameter_count",
@@ -215,20 +217,124 @@ def _channel_agnostic(module: nn.Module) -> bool:
     return not any(True for _ in itertools.chain(module.parameters(), module.buffers()))
 
 
-def width_forms(model: nn.Module, input_size: tuple[int, int, int]) -> Variants:
+MAX_BLOCK_FORMS = 64
+"""A block whose choices combine into more forms than this is priced layer by layer."""
+
+
+def _plain(operation: MixedOperation, sample: dict[str, Any]) -> tuple[nn.Module, int]:
+    """The plain layer a mixed convolution, batch norm or linear layer freezes to under
+    ``sample``, and the channels (features) of its input."""
+    arguments = {**operation.init_arguments,
+                 **{key: mutable.freeze(sample) for key, mutable in operation.mutable_arguments.items()}}
+    channels = next(arguments[key] for kind, key in _FORM_INPUTS.items() if isinstance(operation, kind))
+    return operation.bound_type(**arguments), channels
+
+
+def _labels(block: nn.Module) -> dict[str, tuple[Tensor, list[Any]]]:
+    """Every label the mixed operations of ``block`` choose on: its architecture weights and values."""
+    labels: dict[str, tuple[Tensor, list[Any]]] = {}
+    for module in block.modules():
+        if isinstance(module, MixedOperation):
+            choices = module.simplify()
+            for label, alpha in module._arch_alpha.items():
+                labels.setdefault(label, (alpha, list(choices[label].values)))
+    return labels
+
+
+def _frozen_block(block: nn.Module, sample: dict[str, Any]) -> tuple[nn.Module, int]:
+    """``block`` with every mixed operation replaced by its plain layer under ``sample``, and the
+    input channels of its first mixed operation (which reads the block's input, as checked by
+    :func:`_priced_blocks`)."""
+    if isinstance(block, MixedOperation):
+        return _plain(block, sample)
+    frozen = copy.deepcopy(block)
+    channels = None
+    for name, module in list(frozen.named_modules()):
+        if isinstance(module, MixedOperation):
+            plain, inputs = _plain(module, sample)
+            parent, _, attribute = name.rpartition(".")
+            setattr(frozen.get_submodule(parent), attribute, plain)
+            channels = inputs if channels is None else channels
+    return frozen, channels
+
+
+def _block_forms(block: nn.Module, shapes: tuple[Any, ...]) -> list[tuple[nn.Module, tuple[Any, ...], Gate]]:
+    """One form per combination of the block's labels: the plain block it freezes to, on an
+    input of that form's channels, weighted by the combination's probability."""
+    labels = _labels(block)
+    alphas = [alpha for alpha, _ in labels.values()]
+    linear = isinstance(block, MixedLinear)
+    found = []
+    for indices in itertools.product(*(range(len(values)) for _, values in labels.values())):
+        sample = {label: values[i] for (label, (_, values)), i in zip(labels.items(), indices)}
+        form, channels = _frozen_block(block, sample)
+        shape = shapes[0]
+        resized = (*shape[:-1], channels) if linear else (shape[0], channels, *shape[2:])
+        found.append((form, (torch.Size(resized), *shapes[1:]), partial(_joint_probability, alphas, indices)))
+    return found
+
+
+def _priced_blocks(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, nn.Module]:
+    """The largest modules of a supernet priced whole, in every combination of their choices
+    (:func:`_block_forms`): modules whose mixed operations are all convolutions, batch norms or
+    linear layers, that hold no DynOPool, ``LayerChoice`` or ``Repeat``, whose choices make at
+    most :data:`MAX_BLOCK_FORMS` forms, and whose every form runs on the block's input (its first
+    mixed operation reads it). Pricing a block whole prices the work its ``forward`` does between
+    its layers (a squeeze-excite's multiply, a residual addition), which grows with the map."""
+    def eligible(module: nn.Module) -> bool:
+        inner = list(module.modules())
+        mixed = [m for m in inner if isinstance(m, MixedOperation)]
+        return (bool(mixed) and all(isinstance(m, tuple(_FORM_INPUTS)) and hasattr(m, "_arch_alpha") for m in mixed)
+                and not any(isinstance(m, (DynOPool2d, DifferentiableMixedLayer, DifferentiableMixedRepeat))
+                            for m in inner)
+                and math.prod(len(values) for _, values in _labels(module).values()) <= MAX_BLOCK_FORMS)
+
+    candidates = {name: module for name, module in model.named_modules() if name and eligible(module)}
+    inputs: dict[str, tuple[Any, ...]] = {}
+    handles = [module.register_forward_pre_hook(partial(lambda name, _, args: inputs.setdefault(name, args), name))
+               for name, module in candidates.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example_input(model, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def runs(name: str) -> bool:
+        args = inputs.get(name)
+        if not args or not isinstance(args[0], Tensor):
+            return False
+        try:
+            with torch.no_grad():
+                for form, shapes, _ in _block_forms(candidates[name], _shapes(args)):
+                    form.eval()(*(torch.zeros(shape, dtype=args[0].dtype, device=args[0].device)
+                                  if isinstance(shape, torch.Size) else shape for shape in shapes))
+        except (RuntimeError, ValueError, TypeError):
+            return False
+        return True
+
+    blocks: dict[str, nn.Module] = {}
+    for name in candidates:  # top-down: a block's modules are not blocks of their own
+        if not any(name.startswith(outer + ".") for outer in blocks) and runs(name):
+            blocks[name] = candidates[name]
+    return blocks
+
+
+def width_forms(model: nn.Module, input_size: tuple[int, int, int],
+                blocks: dict[str, nn.Module] | None = None) -> Variants:
     """The ``variants`` of :meth:`~dynopool_nas.LatencyCost.from_model` for a DARTS-style
     supernet, whose width choices run at their largest width, masked, which is no
     architecture's latency. Each form is timed as the architecture would run it and weighted by
     its probability (``hard=True``: 1 for the derived form):
 
-    * a mixed convolution, batch norm or linear layer: one form per combination of its labels'
-      values, the plain layer it freezes to, on an input with that form's channels;
+    * a block of :func:`_priced_blocks` (default: found here), a single mixed convolution, batch
+      norm or linear layer among them: one form per combination of its labels' values, the plain
+      block it freezes to, on an input with that form's channels (:func:`_block_forms`);
     * a plain layer without channel-sized weights that follows a width (pooling, activation,
       DynOPool; :func:`_channel_sources`): one form per value of that width, on an input of as
       many channels;
     * the softmax modules of NNI's mixed layers: no form (they run in the supernet only)."""
-    mixed = {name: module for name, module in _mixed_operations(model).items()
-             if isinstance(module, tuple(_FORM_INPUTS))}
+    blocks = _priced_blocks(model, input_size) if blocks is None else blocks
     following = _channel_sources(model, input_size)
     machinery = {id(module._softmax) for module in model.modules()
                  if isinstance(getattr(module, "_softmax", None), nn.Module)}
@@ -243,26 +349,18 @@ def width_forms(model: nn.Module, input_size: tuple[int, int, int]) -> Variants:
             return [(module, _with_channels(shapes, largest, value),
                      partial(_option_probability, operation, argument, index))
                     for index, (value, _) in enumerate(options)]
-        operation = mixed.get(name)
-        if operation is None or module is not operation or not shapes or not isinstance(shapes[0], torch.Size):
+        if blocks.get(name) is not module or not shapes or not isinstance(shapes[0], torch.Size):
             return None
-        labels = list(operation._arch_alpha)
-        choices = operation.simplify()
-        alphas = [operation._arch_alpha[label] for label in labels]
-        found = []
-        for indices in itertools.product(*(range(len(choices[label].values)) for label in labels)):
-            sample = {label: choices[label].values[i] for label, i in zip(labels, indices)}
-            arguments = {**operation.init_arguments,
-                         **{key: mutable.freeze(sample) for key, mutable in operation.mutable_arguments.items()}}
-            form = operation.bound_type(**arguments)
-            channels = next(arguments[key] for kind, key in _FORM_INPUTS.items() if isinstance(operation, kind))
-            shape = shapes[0]
-            linear = isinstance(operation, MixedLinear)
-            resized = (*shape[:-1], channels) if linear else (shape[0], channels, *shape[2:])
-            found.append((form, (torch.Size(resized), *shapes[1:]), partial(_joint_probability, alphas, indices)))
-        return found
+        return _block_forms(module, shapes)
 
     return forms
+
+
+SEARCH_SCALES: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41, 2.0, 2.83)
+"""The grid of a supernet's latency table (scale factors of each unit's initial height and
+width): wider than :data:`~dynopool_nas.latency.DEFAULT_SCALES` upwards, because a search moves
+the maps far from where they start (a budget above the initial latency grows them, and scales
+compound from layer to layer); beyond its grid a unit's fit is only extrapolated."""
 
 
 def supernet_latency_cost(
@@ -273,12 +371,22 @@ def supernet_latency_cost(
     with ``hard=True`` for the predicted latency of the architecture derived at that moment.
     ``table``: see :meth:`~dynopool_nas.LatencyCost.from_model` (default: the cached table of
     the model's device)."""
+    blocks = _priced_blocks(model, input_size)
+
+    def inside_block(name: str) -> bool:
+        return any(name == block or name.startswith(block + ".") for block in blocks)
+
     gates = _structural_gates(model)
-    for name, module in _mixed_operations(model).items():  # a unit of its own, whose forms carry its width
-        gates.setdefault(name, _one if isinstance(module, tuple(_FORM_INPUTS)) else partial(_expected_share, module))
-    for name in _channel_sources(model, input_size):
+    for name in blocks:  # a unit of its own, whose forms carry its choices
         gates.setdefault(name, _one)
-    return LatencyCost.from_model(model, input_size, table, gates=gates, variants=width_forms(model, input_size))
+    for name, module in _mixed_operations(model).items():
+        if not inside_block(name):
+            gates.setdefault(name, partial(_expected_share, module))
+    for name in _channel_sources(model, input_size):
+        if not inside_block(name):
+            gates.setdefault(name, _one)
+    return LatencyCost.from_model(model, input_size, table, gates=gates,
+                                  variants=width_forms(model, input_size, blocks), scales=SEARCH_SCALES)
 
 
 def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:
@@ -395,17 +503,7 @@ class CostConstraint:
         that does not grow with alpha (smaller maps never cost more), as both costs are."""
         if self.budget is None or self.cost is None:
             return
-        alphas = [layer.alpha for layer in _scales(self.cost)]
-        low, high = self._alpha_low, self._alpha_high
-        start = torch.stack([alpha.detach() for alpha in alphas]).clamp(low, high)
-
-        def cost_at(log_factor: Tensor) -> Tensor:
-            for alpha, value in zip(alphas, (start * log_factor.exp()).clamp(low, high)):
-                alpha.copy_(value)
-            return self.cost(hard=True)
-
-        # a larger factor is a larger alpha: smaller maps, a lower cost; past these ends nothing changes
-        most, least = (low / start).log().min(), (high / start).log().max()
+        cost_at, most, least = self._scaled_cost(self._alpha_low, self._alpha_high)
         below, above = most, least
         for _ in range(iterations):
             middle = (below + above) / 2
@@ -419,6 +517,41 @@ class CostConstraint:
         if not self._warned and (self._calls - 1) % self.CHECK_EVERY == 0:
             self._warn_if_out_of_reach(float(cost_at(closest)), float(cost_at(least)), float(cost_at(most)))
         cost_at(closest)
+
+    def _scaled_cost(self, low: Tensor, high: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor]:
+        """``cost_at(log_factor)``, which sets every DynOPool's alpha to its current value times
+        ``exp(log_factor)`` within ``[low, high]`` and returns the derived architecture's cost, and
+        the log factors past which nothing changes: ``most`` (every map at its largest) and
+        ``least`` (every map at its smallest)."""
+        alphas = [layer.alpha for layer in _scales(self.cost)]
+        start = torch.stack([alpha.detach() for alpha in alphas]).clamp(low, high)
+
+        def cost_at(log_factor: Tensor) -> Tensor:
+            for alpha, value in zip(alphas, (start * log_factor.exp()).clamp(low, high)):
+                alpha.copy_(value)
+            return self.cost(hard=True)
+
+        # a larger factor is a larger alpha: smaller maps, a lower cost
+        return cost_at, (low / start).log().min(), (high / start).log().max()
+
+    @torch.no_grad()
+    def reach(self) -> tuple[float, float]:
+        """``(lowest, highest)`` cost of the architecture derived now that :meth:`project` can
+        reach by moving the DynOPool scales (within the range of :func:`_alpha_range` at the
+        model's state now): where a budget can lie. Every alpha is left as it was."""
+        if self.cost is None:
+            raise RuntimeError(f"{type(self).__name__}.bind(cost) must be called before reach()")
+        alphas = [layer.alpha for layer in _scales(self.cost)]
+        if not alphas:
+            value = float(self.cost(hard=True))
+            return value, value
+        saved = [alpha.detach().clone() for alpha in alphas]
+        cost_at, most, least = self._scaled_cost(*_alpha_range(self.cost))
+        try:
+            return float(cost_at(least)), float(cost_at(most))
+        finally:
+            for alpha, value in zip(alphas, saved):
+                alpha.copy_(value)
 
     def _warn_if_out_of_reach(self, closest: float, least: float, most: float) -> None:
         if abs(closest / self.budget - 1) <= 0.05:

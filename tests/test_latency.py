@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.cpp_extension import get_default_build_root
 
 from dynopool_nas import DynOPool2d, LatencyCost, LatencyTable, measure_model, measure_models
-from dynopool_nas.latency import cache_dir, device_fingerprint, fit_affine, fit_monotone
+from dynopool_nas.latency import _measure, cache_dir, device_fingerprint, fit_affine, fit_monotone
 
 # Tiny grids and short samples: the machine is shared, so no test asserts a tight timing.
 SCALES = (0.5, 1.0)
@@ -276,3 +276,30 @@ def test_measure_models_times_every_model_and_the_table_its_measuring_time():
     table = LatencyTable(**QUICK)
     LatencyCost.from_model(_chain(), (3, 16, 16), table, scales=SCALES)
     assert table.measured > 0 and table.seconds > 0
+
+
+def test_points_are_interleaved_within_windows_in_their_given_order():
+    calls: list[str] = []
+    jobs = {key: (lambda key=key: (lambda: calls.append(key))) for key in "abcde"}
+    times = _measure(jobs, torch.device("cpu"), repeats=4, warmup=1, window=2, seed=0, progress=False,
+                     description="test")
+    assert set(times) == set("abcde") and all(t >= 0 for t in times.values())
+    windows = [set("ab"), set("cd"), set("e")]
+    assert [set(calls[:10]), set(calls[10:20]), set(calls[20:])] == windows  # 1 warm-up + 4 rounds each
+    with pytest.raises(ValueError, match="window must be a positive number"):
+        LatencyTable(window=0, cache=False)
+
+
+def test_a_layer_is_keyed_by_what_it_computes_not_by_how_it_was_built():
+    from nni.nas.nn.pytorch import MutableConv2d
+
+    from dynopool_nas.latency import _key
+
+    shapes = (torch.Size((1, 8, 6, 6)),)
+    plain = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.ReLU())
+    built_by_nni = nn.Sequential(MutableConv2d(in_channels=8, out_channels=16, kernel_size=3, padding=1, bias=False),
+                                 nn.ReLU())
+    other_kernel = nn.Sequential(nn.Conv2d(8, 16, 5, padding=2, bias=False), nn.ReLU())
+    assert _key(plain, shapes, "inference") == _key(built_by_nni, shapes, "inference")
+    assert _key(plain, shapes, "inference") != _key(other_kernel, shapes, "inference")
+    assert "Conv2d(8, 16, kernel_size=(3, 3)" in _key(built_by_nni, shapes, "inference")

@@ -6,12 +6,23 @@ import math
 import os
 import warnings
 
+import nni
 import pytest
 import torch
+from nni.nas.nn.pytorch import ModelSpace, MutableBatchNorm2d, MutableConv2d
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from torch.utils.cpp_extension import get_default_build_root
 from torch.utils.data import DataLoader, Subset
 
-from dynopool_nas import DigitsDataset, LatencyCost, LatencyTable, create_model, dynopool_layers, dynopoolify
+from dynopool_nas import (
+    DigitsDataset,
+    DynOPool2d,
+    LatencyCost,
+    LatencyTable,
+    create_model,
+    dynopool_layers,
+    dynopoolify,
+)
 from search_spaces.arch import OPTIONAL_METRICS, architecture_record, build_model, load_architecture
 from search_spaces.cells import DynOPoolCellSpace
 from search_spaces.converted import ConvertedSpace
@@ -22,6 +33,7 @@ from strategies.commands.compare import run_compare
 from strategies.commands.search import run_search
 from strategies.commands.settings import CompareSettings, SearchSettings
 from strategies.commands.trial import run_trial
+from strategies.constraint import SEARCH_SCALES, _priced_blocks, supernet_latency_cost
 from strategies.export import export_architecture
 
 # Short samples, few rounds, one thread: the machine is shared, and no test asserts a tight timing
@@ -125,6 +137,23 @@ def test_a_latency_budget_is_projected_onto_and_one_out_of_reach_warns_in_ms(tab
     assert set(cost.feature_map_sizes().values()) == {(2, 2)}
 
 
+def test_reach_names_the_range_a_budget_can_lie_in_and_moves_no_scale(table):
+    model, cost = _small_cnn_cost(table)
+    layers = [layer for _, layer in dynopool_layers(model)]
+    before = [layer.alpha.detach().clone() for layer in layers]
+    lowest, highest = LatencyConstraint(lam=0.1).bind(cost).reach()
+    assert all(torch.equal(layer.alpha, alpha) for layer, alpha in zip(layers, before))
+    assert lowest < float(cost(hard=True)) < highest
+    inside = math.sqrt(lowest * highest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a budget inside the range is reached without a warning
+        LatencyConstraint(budget_ms=inside).bind(cost).project()
+    assert math.isclose(float(cost(hard=True)), inside, rel_tol=0.05), (float(cost(hard=True)), inside)
+    with pytest.warns(RuntimeWarning, match="out of reach"):
+        LatencyConstraint(budget_ms=0.5 * lowest).bind(cost).project()
+    assert math.isclose(float(cost(hard=True)), lowest, rel_tol=1e-6)
+
+
 # ----------------------------------------------------------------------------- the search
 
 
@@ -160,6 +189,51 @@ def test_a_cell_supernet_is_priced_as_the_architecture_it_derives(table):
     model = build_model(space(), export_architecture(strategy))
     derived = float(LatencyCost.from_model(model, (1, 16, 16), table)())
     assert final["latency_ms"] == pytest.approx(derived, rel=0.35), (final["latency_ms"], derived)
+
+
+class _ResidualBlock(torch.nn.Module):
+    """A block whose forward does work between its layers (the residual addition), with a width
+    and a kernel choice."""
+
+    def __init__(self, channels, width, kernel):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            MutableConv2d(channels, width, kernel, padding=(kernel - 1) // 2, bias=False), MutableBatchNorm2d(width),
+            torch.nn.ReLU(), MutableConv2d(width, channels, 1, bias=False),
+        )
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class _BlockSpace(ModelSpace):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.pool = DynOPool2d(0.5, name="pool")
+        self.block = _ResidualBlock(8, nni.choice("width", [8, 16]), nni.choice("kernel", [1, 3]))
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.head(self.block(self.pool(self.stem(x))))
+
+
+def test_a_supernet_block_is_priced_whole_in_every_form_as_its_derived_block_is():
+    supernet = DynOPoolDARTS(input_size=INPUT).mutate_model(_BlockSpace())
+    assert list(_priced_blocks(supernet, INPUT)) == ["block"]  # the block, with its addition, not its layers
+    table = LatencyTable(**QUICK)
+    cost = supernet_latency_cost(supernet, INPUT, table)
+    assert sum(term.name == "block" for term in cost.terms) == 4  # 2 widths x 2 kernels
+    memo = {}
+    for module in supernet.modules():
+        if isinstance(module, BaseSuperNetModule):
+            memo.update(module.export(memo))
+    derived = _BlockSpace().freeze({key: value for key, value in memo.items() if key in ("width", "kernel")})
+    points = len(table)
+    own = LatencyCost.from_model(derived, INPUT, table, scales=SEARCH_SCALES)
+    with torch.no_grad():
+        assert float(cost(hard=True)) == pytest.approx(float(own()), rel=1e-9)  # the same units, the same points
+    assert len(table) == points  # the derived model's units were all measured as the supernet's forms
 
 
 # ----------------------------------------------------------------------------- command line and settings
