@@ -5,7 +5,7 @@ choices, every DynOPool at a random scale per axis), their predicted latency (``
 the frozen architecture) against their measured end-to-end latency (``measure_models``: batch 1,
 every model interleaved in every round, median of the rounds), with GMACs beside them: Spearman
 correlations and relative errors, per space and together. The noise of the measurement is
-stated by measuring every model twice, in two separate interleaved passes.
+stated by measuring every model in several passes (``--passes``), each in a fresh process.
 
 ``--budget-search``: a latency-budget search (``dynopool-nas search --latency-budget-ms``) on each
 space; the derived architecture is timed and compared with its budget.
@@ -78,8 +78,7 @@ BUDGET_TEXT = (
     "rebuilt from `arch.json` and measured like the architectures above, in a fresh process; the target is to "
     "end within 10% of the budget. 'Derived model predicted' is the derived architecture's own latency model, "
     "whose grid points the search's table lacked, measured in the process that had just run the search (such a "
-    "process reads 10-30% slow: compare 'held by the search', which the same table predicts for the same "
-    "architecture)."
+    "process can read slow; 'held by the search' is the search table's prediction for the same architecture)."
 )
 
 
@@ -142,12 +141,13 @@ def end_to_end(args: argparse.Namespace, table: LatencyTable, scratch: Path) -> 
                       "gmacs": float(GMACsCost.from_model(model, INPUT_SIZE)().detach()),
                       "sizes": cost.feature_map_sizes()}
     build_s = time.perf_counter() - started
-    passes = [measured_elsewhere(args, scratch) for _ in range(2)]
+    passes = [measured_elsewhere(args, scratch) for _ in range(args.passes)]
     interleaved = measured_elsewhere(args, scratch, interleaved=True)
     for name, row in rows.items():
+        times = [p[name] for p in passes]
         row["interleaved"] = interleaved[name]
-        row["measured"] = statistics.mean(p[name] for p in passes)
-        row["noise"] = abs(passes[0][name] - passes[1][name]) / row["measured"]
+        row["measured"] = statistics.median(times)
+        row["noise"] = (max(times) - min(times)) / row["measured"]
 
     lines = [
         f"{len(rows)} architectures ({args.draws} per space), input {INPUT_SIZE[1]}x{INPUT_SIZE[2]} "
@@ -184,13 +184,14 @@ def end_to_end(args: argparse.Namespace, table: LatencyTable, scratch: Path) -> 
         "Measurement: every architecture frozen at its drawn choices and scales, batch 1, inference, "
         f"{args.threads} thread(s); `measure_models` runs every architecture alone, its calls back to back as a "
         f"model serving requests runs ({args.repeats} calls after warm-up; at one thread the thread's CPU time, so "
-        "time spent preempted by another process is not counted) and takes their median. It ran twice, each time "
-        "in a fresh Python process (the process that built the table or ran a search reads the same model up to "
-        "30% slower); 'measured' is the mean of the two and 'measurement noise' the relative difference between "
-        "them, the floor under any error here. A load that lasts a whole pass (another process sharing the "
-        "core's caches) is not removed by either: run it on a quiet machine. The last column compares the "
-        "prediction with a third pass, in which every architecture is called once per round in a new random "
-        "order (each call follows another model's, from colder caches, as the table's units are timed).",
+        f"time spent preempted by another process is not counted) and takes their median. It ran {args.passes} "
+        "times, each time in a fresh Python process (the process that built the table or ran a search reads the "
+        "same model up to 30% slower, and a tiny model's latency differs from process to process); 'measured' is "
+        "the median of the passes and 'measurement noise' their range (largest minus smallest) relative to it, "
+        "the floor under any error here. A load that lasts a whole pass (another process sharing the core's "
+        "caches) is not removed: run it on a quiet machine. The last column compares the prediction with one "
+        "more pass, in which every architecture is called once per round in a new random order (each call "
+        "follows another model's, from colder caches, as the table's units are timed).",
     ]
     lines += ["", "| architecture | predicted (ms) | measured (ms) | error | interleaved (ms) | GMACs | "
               "DynOPool sizes |",
@@ -255,7 +256,8 @@ def budget_search(args: argparse.Namespace, scratch: Path) -> list[str]:
         held = arch["metrics"].get("latency_ms", float("nan"))
         model = build_model(make_space(space_name, 10, INPUT_SIZE[0]), arch).eval()
         predicted = float(LatencyCost.from_model(model, INPUT_SIZE, search_table)().detach())
-        measured = measured_elsewhere(args, scratch, [output / "arch.json"])[str(output / "arch.json")]
+        path = output / "arch.json"
+        measured = statistics.median(measured_elsewhere(args, scratch, [path])[str(path)] for _ in range(args.passes))
         ratio = measured / budget
         verdict = "within" if abs(ratio - 1) <= 0.1 else "not within"
         lines.append(f"| {space_name} | {lowest:.3f} to {highest:.3f} | {budget:.3f} | {held:.3f} | "
@@ -328,6 +330,8 @@ def main() -> None:
     parser.add_argument("--search-images", type=int, default=512)
     parser.add_argument("--cache", help="latency table file (default: a fresh one, so that its build is timed)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--passes", type=int, default=5,
+                        help="end-to-end measurements of every model, each in a fresh process (the median is used)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.measure_pass:
