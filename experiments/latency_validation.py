@@ -3,19 +3,22 @@
 Default: architectures drawn from the cell space and the EfficientNet-derived space (random
 choices, every DynOPool at a random scale per axis), their predicted latency (``LatencyCost`` of
 the frozen architecture) against their measured end-to-end latency (``measure_models``: batch 1,
-every model interleaved in every round, median of the rounds), with GMACs beside them: Spearman
-correlations and relative errors, per space and together. The noise of the measurement is
-stated by measuring every model in several passes (``--passes``), each in a fresh process.
+each model alone, calls back to back, the median of the calls), with GMACs beside them: Spearman
+correlations and relative errors, per space and together. Every model is measured in several
+passes (``--passes``), each in a fresh process, and the median taken; their range is the
+measurement's noise. One more pass interleaves the models (each call after another model's).
 
 ``--budget-search``: a latency-budget search (``dynopool-nas search --latency-budget-ms``) on each
-space; the derived architecture is timed and compared with its budget.
+space, its budget inside the range the scales can reach (``--budget-position``); the derived
+architecture is timed (in fresh processes) and compared with its budget.
 
 ``--held-out``: the choice of the per-unit fit. Every unit of the drawn architectures is timed
 on the grid of scale factors; the fits are made on the even-indexed sub-grid and judged on the
 points between them: the affine fit, the monotone fit (the model's) and bilinear interpolation
 of log latency; how many units each makes non-monotone (a bigger map predicted faster).
 
-    python experiments/latency_validation.py                    # the results page, ~15 minutes on 1 thread
+    python experiments/latency_validation.py                    # the results page, ~3 minutes on 1 thread
+    python experiments/latency_validation.py --budget-search    # and two budget searches, ~13 minutes
     python experiments/latency_validation.py --held-out         # the fit comparison, printed
 
 Results go to docs/results/latency.md (+ latency.png). The table is built in a fresh cache folder
@@ -319,7 +322,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=12, help="architectures per space")
     parser.add_argument("--scale-range", type=float, nargs=2, default=(0.3, 0.8), metavar=("LOW", "HIGH"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=31, help="interleaved rounds of the end-to-end measurement")
+    parser.add_argument("--repeats", type=int, default=31, help="timed calls per model in each end-to-end pass")
     parser.add_argument("--budget-position", type=float, default=0.2,
                         help="budget: this far (0..1, log scale) from the lowest to the highest latency the scales can "
                              "reach as a search starts")
