@@ -20,8 +20,8 @@ Measurement (:class:`LatencyTable`): each unit is run on a copy of itself, on ra
 the grid's sizes, batch 1 by default, under fixed threads (``torch.set_num_threads``, recorded in
 the device fingerprint), after warm-up; the points are timed in windows of :data:`WINDOW`, taken
 in the order of a model run at each grid size in turn (every unit's first grid point in call
-order, then every unit's second, ...), in rounds, every round one call of each point of the window in a new
-random order (interleaved: a burst of load on a shared machine spreads over the window's points
+order, then every unit's second, ...), in rounds, every round one call of each point of the
+window in a new random order (interleaved: a burst of load on a shared machine spreads over the window's points
 instead of biasing one, and every call follows another unit's as it does inside a model, where
 calls of one unit repeated back to back read 10-25% faster; the window keeps the working set
 about a model's, as a whole supernet's thousands of points interleaved at once did not: they
@@ -298,8 +298,8 @@ def _measure(
     model. (Calls of one module repeated back to back run from warm instruction caches and branch
     predictors and read 10-25% faster than the same module inside a model.) The window bounds the
     working set to about a model's: interleaving thousands of units at once evicts oneDNN's
-    primitive cache (1024 entries by default) and the CPU caches between two calls of a unit, and
-    read a depthwise convolution of an EfficientNet block up to 4x slower than inside the model."""
+    primitive cache (1024 entries by default) and the CPU caches between two calls of a unit,
+    reading a depthwise convolution of an EfficientNet block up to 4x slower than in the model."""
     if window < 1:
         raise ValueError(f"window must be a positive number of jobs, got {window!r}")
     sync, clock = _sync_for(device), _clock_for(device)

@@ -236,6 +236,30 @@ def test_a_supernet_block_is_priced_whole_in_every_form_as_its_derived_block_is(
     assert len(table) == points  # the derived model's units were all measured as the supernet's forms
 
 
+class _WidenFirstBlock(torch.nn.Module):
+    """A block whose first mixed layer does not read the block's input (a plain layer does)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.widen = torch.nn.Conv2d(8, 16, 1)
+        self.inner = MutableConv2d(16, width, 1)
+        self.outer = MutableConv2d(width, 8, 1)
+
+    def forward(self, x):
+        return self.outer(self.inner(self.widen(x)))
+
+
+class _WidenFirstSpace(_BlockSpace):
+    def __init__(self):
+        super().__init__()
+        self.block = _WidenFirstBlock(nni.choice("width", [8, 16]))
+
+
+def test_a_block_whose_forms_cannot_run_on_its_input_is_priced_layer_by_layer():
+    supernet = DynOPoolDARTS(input_size=INPUT).mutate_model(_WidenFirstSpace())
+    assert sorted(_priced_blocks(supernet, INPUT)) == ["block.inner", "block.outer"]
+
+
 # ----------------------------------------------------------------------------- command line and settings
 
 
