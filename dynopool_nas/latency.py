@@ -646,6 +646,7 @@ class LatencyCost:
         self.terms = terms
         self.gates = dict(gates or {})
         self.table = table
+        self.calibration = 1.0
         with torch.no_grad():
             self.initial_ms = float(self())
 
@@ -778,15 +779,33 @@ class LatencyCost:
             if term.option is not None:
                 value = value * term.option(hard)
             total = total + value
-        return total
+        return total * self.calibration
+
+    def calibrate(self, latency_ms: float) -> float:
+        """Scale every prediction so that the current one (``hard=True``) is ``latency_ms``,
+        the latency of the same architecture taken whole (measured end to end, or predicted
+        from the units of its plain model): a sum of separately timed units misses the work
+        between them and times each from colder caches than a model gives it. The factor
+        (returned, and kept in ``calibration``) replaces any earlier one; ``initial_ms`` is
+        scaled by it too, so a relative lambda prices the same."""
+        if not (math.isfinite(latency_ms) and latency_ms > 0):
+            raise ValueError(f"latency_ms must be a positive number of milliseconds, got {latency_ms!r}")
+        with torch.no_grad():
+            summed = float(self(hard=True)) / self.calibration
+            if not summed > 0:
+                raise ValueError("the cost predicts no latency to calibrate")
+            self.initial_ms *= latency_ms / summed / self.calibration
+            self.calibration = latency_ms / summed
+        return self.calibration
 
     def layer_ms(self) -> dict[str, float]:
-        """Predicted milliseconds per timed layer (all its calls together) at the current sizes, ungated."""
+        """Predicted milliseconds per timed layer (all its calls together) at the current sizes,
+        ungated, calibrated as the whole is."""
         out: dict[str, float] = {}
         with torch.no_grad():
             sizes = [size.double() for size in self.sizes()]
             for term in self.terms:
-                out[term.name] = out.get(term.name, 0.0) + float(self._value(term, sizes))
+                out[term.name] = out.get(term.name, 0.0) + float(self._value(term, sizes)) * self.calibration
         return out
 
     def snapshot(self) -> dict[str, Any]:

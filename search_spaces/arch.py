@@ -28,7 +28,7 @@ from dynopool_nas.convert import PLACEMENTS
 
 __all__ = [
     "METRICS", "OPTIONAL_METRICS", "SCHEMA_VERSION", "architecture_record", "build_model", "dynopool_name",
-    "load_architecture", "load_weights", "name_dynopools", "save_architecture", "save_weights",
+    "freeze_architecture", "load_architecture", "load_weights", "name_dynopools", "save_architecture", "save_weights",
 ]
 
 SCHEMA_VERSION = 1
@@ -137,21 +137,31 @@ def _validate(arch: Any, where: str) -> None:
             raise ValueError(f"{where}: scale of {name!r} must be two positive numbers, got {scale!r}")
 
 
+def freeze_architecture(
+    space: ModelSpace, choices: Mapping[str, Any], scales: Mapping[str, Sequence[float]]
+) -> nn.Module:
+    """``space`` (or its one-shot supernet) frozen at ``choices``, every DynOPool at its scale
+    ``(r_h, r_w)`` in ``scales``, by name. Raises ``ValueError`` when the names differ."""
+    model = name_dynopools(space).freeze(dict(choices))
+    layers = {dynopool_name(path, layer): layer for path, layer in dynopool_layers(model)}
+    if set(layers) != set(scales):
+        raise ValueError(
+            f"the architecture's DynOPools {sorted(scales)} do not match the space's {sorted(layers)}; "
+            "was it exported from another space?"
+        )
+    with torch.no_grad():
+        for name, (r_h, r_w) in scales.items():
+            layers[name].alpha.copy_(torch.tensor([1.0 / r_h, 1.0 / r_w]))
+    return model
+
+
 def build_model(space: ModelSpace, arch: dict[str, Any]) -> nn.Module:
     """The model ``arch`` describes: ``space`` frozen at the chosen candidates, every DynOPool at
     its learned scale. Raises ``ValueError`` when ``arch`` does not fit ``space`` or the rebuilt
     model's feature-map sizes differ from the exported ones."""
     _validate(arch, "architecture")
-    model = name_dynopools(space).freeze(arch["choices"])
+    model = freeze_architecture(space, arch["choices"], arch["scales"])
     layers = {dynopool_name(path, layer): layer for path, layer in dynopool_layers(model)}
-    if set(layers) != set(arch["scales"]):
-        raise ValueError(
-            f"the architecture's DynOPools {sorted(arch['scales'])} do not match the space's {sorted(layers)}; "
-            "was it exported from another space?"
-        )
-    with torch.no_grad():
-        for name, (r_h, r_w) in arch["scales"].items():
-            layers[name].alpha.copy_(torch.tensor([1.0 / r_h, 1.0 / r_w]))
     with eval_mode(model):
         model(example_input(model, tuple(arch["input_size"])))
     sizes = {name: list(layer.output_size) for name, layer in layers.items()}

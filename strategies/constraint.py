@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.supermodule._expression_utils import traverse_all_options
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedLayer, DifferentiableMixedRepeat
 from nni.nas.oneshot.pytorch.supermodule.operation import MixedBatchNorm2d, MixedConv2d, MixedLinear, MixedOperation
@@ -35,11 +36,13 @@ from torch import Tensor, nn
 from dynopool_nas import DynOPool2d, GMACsCost
 from dynopool_nas._utils import eval_mode, example_input
 from dynopool_nas.cost import Gate, gate_keys
-from dynopool_nas.latency import LatencyCost, LatencyTable, Variants, _shapes
+from dynopool_nas.latency import LatencyCost, LatencyTable, Variants, _shapes, measure_model
+
+from .supernet import derived_model
 
 __all__ = [
-    "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric", "derived_parameter_count",
-    "supernet_cost", "supernet_gates", "supernet_latency_cost", "width_forms",
+    "ANCHORS", "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric",
+    "derived_parameter_count", "supernet_cost", "supernet_gates", "supernet_latency_cost", "width_forms",
 ]
 
 _CHANNEL_ARGUMENTS = ("in_channels", "out_channels", "in_features", "out_features", "num_features")
@@ -363,14 +366,29 @@ the maps far from where they start (a budget above the initial latency grows the
 compound from layer to layer); beyond its grid a unit's fit is only extrapolated."""
 
 
+ANCHORS = ("predicted", "measured")
+"""What a supernet's latency is calibrated to (:func:`supernet_latency_cost`)."""
+
+
 def supernet_latency_cost(
-    model: nn.Module, input_size: tuple[int, int, int], table: LatencyTable | None = None
+    model: nn.Module, input_size: tuple[int, int, int], table: LatencyTable | None = None, *,
+    anchor: str = "predicted",
 ) -> LatencyCost:
     """The expected latency (ms) of a one-shot supernet: candidates and depths weighted by their
     probabilities (:func:`_structural_gates`), widths by their forms (:func:`width_forms`); call
     with ``hard=True`` for the predicted latency of the architecture derived at that moment.
     ``table``: see :meth:`~dynopool_nas.LatencyCost.from_model` (default: the cached table of
-    the model's device)."""
+    the model's device).
+
+    The sum is calibrated (:meth:`~dynopool_nas.LatencyCost.calibrate`) to the derived
+    architecture's plain model (:func:`~strategies.supernet.derived_model`) at the start: to its
+    ``LatencyCost`` in the same table (``anchor="predicted"``: a supernet times a cell's
+    operations one by one, not the cell with the work between them), or to its end-to-end
+    latency measured on the table's device (``anchor="measured"``: the figure a latency budget
+    is meant in; a table sums units timed among others, from colder caches than a model
+    gives them, and on a CPU reads small models 10-20% slow)."""
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
     blocks = _priced_blocks(model, input_size)
 
     def inside_block(name: str) -> bool:
@@ -385,8 +403,16 @@ def supernet_latency_cost(
     for name in _channel_sources(model, input_size):
         if not inside_block(name):
             gates.setdefault(name, _one)
-    return LatencyCost.from_model(model, input_size, table, gates=gates,
+    cost = LatencyCost.from_model(model, input_size, table, gates=gates,
                                   variants=width_forms(model, input_size, blocks), scales=SEARCH_SCALES)
+    if isinstance(model, ModelSpace):
+        table = cost.table
+        derived = derived_model(model).to(device=table.device, dtype=table.dtype)
+        if anchor == "measured":
+            cost.calibrate(measure_model(derived, input_size, mode=table.mode, threads=table.threads))
+        else:
+            cost.calibrate(float(LatencyCost.from_model(derived, input_size, table, scales=SEARCH_SCALES)(hard=True)))
+    return cost
 
 
 def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:
@@ -589,22 +615,29 @@ class LatencyConstraint(CostConstraint):
         table: the :class:`~dynopool_nas.LatencyTable` the cost is looked up in (and extended);
             default: the cached table of the supernet's device and dtype at the current thread
             count, for inference.
+        anchor: what the supernet's predicted latency is calibrated to at the start
+            (:func:`supernet_latency_cost`): ``"predicted"``, its derived architecture's
+            prediction from the table, or ``"measured"``, that architecture measured end to
+            end (a budget then means measured milliseconds).
     """
 
     metric = LATENCY
     budget_argument = "budget_ms"
 
     def __init__(self, lam: float | None = None, budget_ms: float | None = None, *, relative: bool = True,
-                 table: LatencyTable | None = None) -> None:
+                 table: LatencyTable | None = None, anchor: str = "predicted") -> None:
         super().__init__(lam, budget_ms, relative=relative)
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
         self.table = table
+        self.anchor = anchor
 
     @property
     def budget_ms(self) -> float | None:
         return self.budget
 
     def supernet_cost(self, model: nn.Module, input_size: tuple[int, int, int]) -> LatencyCost:
-        return supernet_latency_cost(model, input_size, self.table)
+        return supernet_latency_cost(model, input_size, self.table, anchor=self.anchor)
 
 
 def _alpha_range(cost: GMACsCost | LatencyCost) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,7 @@ from dynopool_nas._utils import eval_mode, example_input, write_together
 from search_spaces.arch import architecture_record, build_model, save_architecture, save_weights
 from search_spaces.registry import space_record
 
-from .supernet import SCALE_LABEL_PREFIX
+from .supernet import derived_choices
 
 __all__ = ["export_architecture", "save_search"]
 
@@ -32,11 +32,11 @@ def export_architecture(strategy: Any) -> dict[str, Any]:
     derives, with its metrics (its last report: top-1, GMACs, parameters, and under a latency
     constraint its predicted ``latency_ms``), as a JSON-serializable dict."""
     module = strategy.oneshot_module
-    sample = module.export()
+    choices, scales = derived_choices(module.model)
     return architecture_record(
         module.input_size,
-        choices={k: v for k, v in sample.items() if not k.startswith(SCALE_LABEL_PREFIX)},
-        scales={k[len(SCALE_LABEL_PREFIX):]: v for k, v in sample.items() if k.startswith(SCALE_LABEL_PREFIX)},
+        choices=choices,
+        scales=scales,
         sizes=module.cost.feature_map_sizes(),
         metrics=module.history[-1] if module.history else module.metrics(),
     )

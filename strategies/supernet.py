@@ -24,9 +24,9 @@ from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from torch import nn
 
 from dynopool_nas import DynOPool2d
-from search_spaces.arch import dynopool_name
+from search_spaces.arch import dynopool_name, freeze_architecture
 
-__all__ = ["SCALE_LABEL_PREFIX", "DynOPoolSupernet", "scale_label"]
+__all__ = ["SCALE_LABEL_PREFIX", "DynOPoolSupernet", "derived_choices", "derived_model", "scale_label"]
 
 SCALE_LABEL_PREFIX = "dynopool/"
 
@@ -75,3 +75,23 @@ class DynOPoolSupernet(DynOPool2d, BaseSuperNetModule):
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha]
+
+
+def derived_choices(supernet: nn.Module) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The architecture a one-shot supernet derives now: ``(choices, scales)``, the strongest
+    candidate of every categorical choice by label and every DynOPool's scale ``(r_h, r_w)`` by
+    name."""
+    sample: dict[str, Any] = {}
+    for module in supernet.modules():
+        if isinstance(module, BaseSuperNetModule):
+            sample.update(module.export(memo=sample))
+    prefix = len(SCALE_LABEL_PREFIX)
+    choices = {key: value for key, value in sample.items() if not key.startswith(SCALE_LABEL_PREFIX)}
+    scales = {key[prefix:]: value for key, value in sample.items() if key.startswith(SCALE_LABEL_PREFIX)}
+    return choices, scales
+
+
+def derived_model(supernet: nn.Module) -> nn.Module:
+    """The plain model of the architecture ``supernet`` (a mutated ``ModelSpace``) derives now
+    (:func:`derived_choices`), freshly initialized."""
+    return freeze_architecture(supernet, *derived_choices(supernet))

@@ -92,6 +92,26 @@ def test_gradient_reaches_every_alpha_and_a_smaller_map_is_predicted_faster():
     assert sum(cost.layer_ms().values()) == pytest.approx(snapshot["latency_ms"])
 
 
+def test_a_calibrated_cost_predicts_its_anchor_now_and_scales_every_prediction_by_one_factor():
+    model = _chain(width=8, scale=0.6)
+    cost = LatencyCost.from_model(model, (3, 32, 32), LatencyTable(**QUICK), scales=SCALES)
+    summed, initial = float(cost(hard=True)), cost.initial_ms
+    with torch.no_grad():
+        model[2].alpha.mul_(1.25)
+    moved = float(cost())
+    factor = cost.calibrate(3 * moved)
+    assert factor == pytest.approx(3.0) and cost.calibration == factor
+    assert float(cost(hard=True)) == pytest.approx(3 * moved)
+    assert cost.initial_ms == pytest.approx(3 * initial)  # a relative lambda prices the same
+    assert sum(cost.layer_ms().values()) == pytest.approx(3 * moved)
+    cost().backward()
+    assert (model[2].alpha.grad < 0).all()
+    assert cost.calibrate(summed) == pytest.approx(summed / moved)  # replaces the earlier factor
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive number of milliseconds"):
+            cost.calibrate(bad)
+
+
 def test_building_leaves_the_model_as_it_was():
     model = _chain().train()
     model[4].eval()
