@@ -92,7 +92,7 @@ def reachable_budget(space_name: str, table: LatencyTable, position: float) -> t
 
     torch.manual_seed(0)
     supernet = DynOPoolDARTS(input_size=INPUT_SIZE).mutate_model(make_space(space_name, 10, INPUT_SIZE[0]))
-    constraint = LatencyConstraint(lam=0.0, table=table)
+    constraint = LatencyConstraint(lam=0.0, table=table, anchor="measured")
     lowest, highest = constraint.bind(constraint.supernet_cost(supernet, INPUT_SIZE)).reach()
     return lowest * (highest / lowest) ** position, lowest, highest
 
@@ -251,6 +251,7 @@ def budget_search(args: argparse.Namespace, scratch: Path) -> list[str]:
             run_search(SearchSettings(
                 space=space_name, dataset="digits", epochs=args.search_epochs, output=output,
                 image_size=INPUT_SIZE[1], max_train_images=args.search_images, latency_budget_ms=budget,
+                latency_anchor="measured",
             ), latency_table=search_table)
         took = time.perf_counter() - started
         reach = next((str(w.message) for w in caught if "out of reach" in str(w.message)), "")

@@ -403,15 +403,19 @@ def supernet_latency_cost(
     for name in _channel_sources(model, input_size):
         if not inside_block(name):
             gates.setdefault(name, _one)
+    if table is None:
+        param = next(model.parameters())
+        table = LatencyTable(param.device, param.dtype)
+    derived = derived_model(model).to(device=table.device, dtype=table.dtype) if isinstance(model, ModelSpace) else None
+    # measured before the table is built: a process that has just timed thousands of units reads a model slow
+    measured = (measure_model(derived, input_size, mode=table.mode, threads=table.threads)
+                if derived is not None and anchor == "measured" else None)
     cost = LatencyCost.from_model(model, input_size, table, gates=gates,
                                   variants=width_forms(model, input_size, blocks), scales=SEARCH_SCALES)
-    if isinstance(model, ModelSpace):
-        table = cost.table
-        derived = derived_model(model).to(device=table.device, dtype=table.dtype)
-        if anchor == "measured":
-            cost.calibrate(measure_model(derived, input_size, mode=table.mode, threads=table.threads))
-        else:
-            cost.calibrate(float(LatencyCost.from_model(derived, input_size, table, scales=SEARCH_SCALES)(hard=True)))
+    if derived is not None:
+        anchored = measured if measured is not None else LatencyCost.from_model(derived, input_size, table,
+                                                                                scales=SEARCH_SCALES)()
+        cost.calibrate(float(anchored))
     return cost
 
 

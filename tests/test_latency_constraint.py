@@ -31,7 +31,7 @@ from search_spaces.registry import make_space
 from strategies import DynOPoolDARTS, GMACsConstraint, LatencyConstraint
 from strategies.commands.cli import _settings, build_parser, main
 from strategies.commands.compare import run_compare
-from strategies.commands.search import run_search
+from strategies.commands.search import _constraint, run_search
 from strategies.commands.settings import CompareSettings, SearchSettings
 from strategies.commands.trial import run_trial
 from strategies.constraint import SEARCH_SCALES, _priced_blocks, supernet_latency_cost
@@ -301,6 +301,10 @@ def test_the_latency_flags_set_their_settings_and_exclude_every_other_constraint
         latency_budget_ms=2.5)
     assert _settings(SearchSettings, parser.parse_args(["search", "--latency-lambda", "0.1"])) == SearchSettings(
         latency_lambda=0.1)
+    anchored = _settings(SearchSettings, parser.parse_args(["search", "--latency-budget-ms", "2", "--latency-anchor",
+                                                            "measured"]))
+    assert anchored == SearchSettings(latency_budget_ms=2.0, latency_anchor="measured")
+    assert _constraint(anchored, None).anchor == "measured"  # what run_search searches with
     for flags in (["--gmacs-budget", "0.1", "--latency-budget-ms", "2"],
                   ["--latency-lambda", "1", "--gmacs-lambda", "1"],
                   ["--latency-lambda", "1", "--latency-budget-ms", "2"]):
@@ -316,7 +320,8 @@ def test_the_latency_flags_set_their_settings_and_exclude_every_other_constraint
       "latency_budget_ms"),
      ({"latency_lambda": 0.1, "latency_budget_ms": 1.0}, "not latency_lambda and latency_budget_ms"),
      ({"latency_budget_ms": 0.0}, "latency_budget_ms must be a positive number, got 0.0"),
-     ({"latency_lambda": -1.0}, "latency_lambda must be a non-negative number, got -1.0")],
+     ({"latency_lambda": -1.0}, "latency_lambda must be a non-negative number, got -1.0"),
+     ({"latency_anchor": "guessed"}, "latency_anchor must be one of \\('predicted', 'measured'\\), got 'guessed'")],
 )
 def test_search_settings_refuse_two_constraints_and_bad_latency_values(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -22,6 +22,7 @@ from .settings import STRATEGY_NAMES, CompareSettings, SearchSettings
 __all__ = ["build_parser", "main"]
 
 SPACES = Names("search_spaces.registry", "SPACES")
+ANCHORS = Names("strategies.constraint", "ANCHORS")
 Settings = TypeVar("Settings", SearchSettings, CompareSettings)
 
 
@@ -97,6 +98,10 @@ def add_commands(commands: Any) -> None:
     constraint.add_argument("--latency-budget-ms", type=float, metavar="MS",
                             help="target predicted latency per image (ms, on this device; measures a latency table "
                                  "once, cached)")
+    search.add_argument("--latency-anchor", default=SearchSettings.latency_anchor, choices=ANCHORS, metavar="ANCHOR",
+                        help="calibrate the predicted latency to the derived architecture's latency predicted from the "
+                             "table or measured end to end at the start (a budget then means measured ms): "
+                             "%(choices)s")
     search.add_argument("--max-train-images", type=positive_int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=SearchSettings.seed)
     search.add_argument("--placement", default=SearchSettings.placement, choices=PLACEMENTS, metavar="PLACEMENT",

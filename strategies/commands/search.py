@@ -56,7 +56,7 @@ def _constraint(settings: SearchSettings, latency_table: LatencyTable | None) ->
         return GMACsConstraint(lam=settings.gmacs_lambda, budget=settings.gmacs_budget)
     if settings.latency_lambda is not None or settings.latency_budget_ms is not None:
         return LatencyConstraint(lam=settings.latency_lambda, budget_ms=settings.latency_budget_ms,
-                                 table=latency_table)
+                                 table=latency_table, anchor=settings.latency_anchor)
     return None
 
 
