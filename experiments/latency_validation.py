@@ -3,14 +3,16 @@
 Default: architectures drawn from the cell space and the EfficientNet-derived space (random
 choices, every DynOPool at a random scale per axis), their predicted latency (``LatencyCost`` of
 the frozen architecture) against their measured end-to-end latency (``measure_models``: batch 1,
-each model alone, calls back to back, the median of the calls), with GMACs beside them: Spearman
-correlations and relative errors, per space and together. Every model is measured in several
-passes (``--passes``), each in a fresh process, and the median taken; their range is the
-measurement's noise. One more pass interleaves the models (each call after another model's).
+the median of the calls), with GMACs beside them: Spearman correlations and relative errors, per
+space and together. Two protocols: the models' calls interleaved (every round calls every model
+once, in a new random order) and each model alone (its calls back to back). Every model is
+measured in several passes per protocol (``--passes``), each in a fresh process, and the median
+taken; their range is the measurement's noise.
 
-``--budget-search``: a latency-budget search (``dynopool-nas search --latency-budget-ms``) on each
-space, its budget inside the range the scales can reach (``--budget-position``); the derived
-architecture is timed (in fresh processes) and compared with its budget.
+``--budget-search``: a latency-budget search (``dynopool-nas search --latency-budget-ms
+--latency-anchor measured``) on each space, its budget inside the range the scales can reach
+(``--budget-position``); the derived architecture is timed (in fresh processes) and compared with
+its budget.
 
 ``--held-out``: the choice of the per-unit fit. Every unit of the drawn architectures is timed
 on the grid of scale factors; the fits are made on the even-indexed sub-grid and judged on the
@@ -56,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 SPACES = ("cells", "efficientnet")
 INPUT_SIZE = (1, 32, 32)
+PROTOCOLS = ("interleaved", "alone")
+"""How the end-to-end latency is measured: the models' calls interleaved, or each model alone."""
 
 
 def draw_architecture(space_name: str, rng: random.Random, scale_range: tuple[float, float]) -> torch.nn.Module:
@@ -71,17 +75,20 @@ def draw_architecture(space_name: str, rng: random.Random, scale_range: tuple[fl
 
 
 BUDGET_TEXT = (
-    "Each space searched with `dynopool-nas search --latency-budget-ms B` (DARTS, bundled digits, {search_images} "
-    "images, {search_epochs} epochs, at 32x32). A budget is held by the DynOPool scales, so B must lie in the range "
+    "Each space searched with `dynopool-nas search --latency-budget-ms B --latency-anchor measured` (DARTS, bundled "
+    "digits, {search_images} images, {search_epochs} epochs, at 32x32): the search's predicted latency is calibrated "
+    "to its initial derived architecture measured end to end in the search's process (before its table is built), "
+    "so B means measured milliseconds. A budget is held by the DynOPool scales, so B must lie in the range "
     "they can reach (`LatencyConstraint.reach`; a budget out of it is held at its nearest end, with a warning): "
     "B lies {budget_position} of the way, on a log scale, from the lowest to the highest latency that range "
     "allows for the supernet as the search starts (NNI's random initial architecture weights, every DynOPool at "
-    "the space's 0.5). The latency table of the search is built from empty (every block of the supernet timed "
-    "whole in every combination of its choices, on the search grid 0.5-2.83). The derived architecture is "
+    "the space's 0.5; calibrated the same way). The latency table of the search is built from empty (every "
+    "block of the supernet timed whole in every combination of its choices, on the search grid 0.5-2.83). The "
+    "derived architecture is "
     "rebuilt from `arch.json` and measured like the architectures above, in a fresh process; the target is to "
-    "end within 10% of the budget. 'Derived model predicted' is the derived architecture's own latency model, "
-    "whose grid points the search's table lacked, measured in the process that had just run the search (such a "
-    "process can read slow; 'held by the search' is the search table's prediction for the same architecture)."
+    "end within 10% of the budget. 'Derived model predicted' is the derived architecture's own latency model "
+    "from the search's table, uncalibrated (what `compare` predicts), some of its grid points measured in the "
+    "process that had just run the search (such a process can read slow)."
 )
 
 
@@ -144,13 +151,15 @@ def end_to_end(args: argparse.Namespace, table: LatencyTable, scratch: Path) -> 
                       "gmacs": float(GMACsCost.from_model(model, INPUT_SIZE)().detach()),
                       "sizes": cost.feature_map_sizes()}
     build_s = time.perf_counter() - started
-    passes = [measured_elsewhere(args, scratch) for _ in range(args.passes)]
-    interleaved = measured_elsewhere(args, scratch, interleaved=True)
+    passes: dict[str, list[dict[str, float]]] = {protocol: [] for protocol in PROTOCOLS}
+    for _ in range(args.passes):
+        for protocol in PROTOCOLS:
+            passes[protocol].append(measured_elsewhere(args, scratch, interleaved=protocol == "interleaved"))
     for name, row in rows.items():
-        times = [p[name] for p in passes]
-        row["interleaved"] = interleaved[name]
-        row["measured"] = statistics.median(times)
-        row["noise"] = (max(times) - min(times)) / row["measured"]
+        for protocol in PROTOCOLS:
+            times = [p[name] for p in passes[protocol]]
+            row[protocol] = statistics.median(times)
+            row[f"{protocol} noise"] = (max(times) - min(times)) / row[protocol]
 
     lines = [
         f"{len(rows)} architectures ({args.draws} per space), input {INPUT_SIZE[1]}x{INPUT_SIZE[2]} "
@@ -159,51 +168,56 @@ def end_to_end(args: argparse.Namespace, table: LatencyTable, scratch: Path) -> 
         f"table (grid: scale factors {list(DEFAULT_SCALES)} of each unit's initial height and width) was built from "
         f"an empty cache in {build_s:.0f} s ({table.measured} points).",
         "",
-        "| architectures | Spearman predicted/measured | Spearman GMACs/measured | median error | 90th percentile | "
-        "largest | measurement noise (median) | median error against the interleaved measurement |",
-        "|---|---|---|---|---|---|---|---|",
+        "| architectures | measured | Spearman predicted/measured | Spearman GMACs/measured | median error | "
+        "median signed error | 90th percentile | largest | measurement noise (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     summary: dict[str, Any] = {}
     for label, names in [*((s, [n for n in rows if rows[n]["space"] == s]) for s in SPACES), ("all", list(rows))]:
-        predicted, measured, gmacs, interleaved_ms = (
-            np.array([rows[n][k] for n in names]) for k in ("predicted", "measured", "gmacs", "interleaved"))
-        errors = _errors(predicted, measured)
-        stats = {"spearman": spearmanr(predicted, measured)[0], "spearman_gmacs": spearmanr(gmacs, measured)[0],
-                 "median": float(np.median(errors)), "p90": float(np.quantile(errors, 0.9)),
-                 "max": float(errors.max()), "noise": statistics.median(rows[n]["noise"] for n in names),
-                 "interleaved": float(np.median(_errors(predicted, interleaved_ms)))}
-        summary[label] = stats
-        lines.append(f"| {label} ({len(names)}) | {stats['spearman']:.3f} | {stats['spearman_gmacs']:.3f} | "
-                     f"{stats['median']:.1%} | {stats['p90']:.1%} | {stats['max']:.1%} | {stats['noise']:.1%} | "
-                     f"{stats['interleaved']:.1%} |")
-    overall = summary["all"]
-    met = overall["spearman"] >= 0.9 and overall["median"] <= 0.10
+        predicted, gmacs = (np.array([rows[n][k] for n in names]) for k in ("predicted", "gmacs"))
+        for protocol in PROTOCOLS:
+            measured = np.array([rows[n][protocol] for n in names])
+            errors = _errors(predicted, measured)
+            stats = {"spearman": spearmanr(predicted, measured)[0], "spearman_gmacs": spearmanr(gmacs, measured)[0],
+                     "median": float(np.median(errors)), "signed": float(np.median((predicted - measured) / measured)),
+                     "p90": float(np.quantile(errors, 0.9)), "max": float(errors.max()),
+                     "noise": statistics.median(rows[n][f"{protocol} noise"] for n in names)}
+            summary[label, protocol] = stats
+            lines.append(f"| {label} ({len(names)}) | {protocol} | {stats['spearman']:.3f} | "
+                         f"{stats['spearman_gmacs']:.3f} | {stats['median']:.1%} | {stats['signed']:+.1%} | "
+                         f"{stats['p90']:.1%} | {stats['max']:.1%} | {stats['noise']:.1%} |")
+    verdicts = []
+    for protocol in PROTOCOLS:
+        overall = summary["all", protocol]
+        met = overall["spearman"] >= 0.9 and overall["median"] <= 0.10
+        verdicts.append(f"measured {protocol}: **{'met' if met else 'not met'}** (Spearman {overall['spearman']:.3f}, "
+                        f"median error {overall['median']:.1%}; GMACs: Spearman {overall['spearman_gmacs']:.3f})")
     lines += [
         "",
-        f"Targets (Spearman >= 0.9 and median absolute error <= 10%, all architectures): "
-        f"**{'met' if met else 'not met'}** (Spearman {overall['spearman']:.3f}, median {overall['median']:.1%}); "
-        f"GMACs rank the same architectures with Spearman {overall['spearman_gmacs']:.3f}.",
+        "Targets (Spearman >= 0.9 and median absolute error <= 10%, all architectures): " + "; ".join(verdicts) + ".",
         "",
         "Measurement: every architecture frozen at its drawn choices and scales, batch 1, inference, "
-        f"{args.threads} thread(s); `measure_models` runs every architecture alone, its calls back to back as a "
-        f"model serving requests runs ({args.repeats} calls after warm-up; at one thread the thread's CPU time, so "
-        f"time spent preempted by another process is not counted) and takes their median. It ran {args.passes} "
-        "times, each time in a fresh Python process (the process that built the table or ran a search reads the "
-        "same model up to 30% slower, and a tiny model's latency differs from process to process); 'measured' is "
-        "the median of the passes and 'measurement noise' their range (largest minus smallest) relative to it, "
-        "the floor under any error here. A load that lasts a whole pass (another process sharing the core's "
-        "caches) is not removed: run it on a quiet machine. The last column compares the prediction with one "
-        "more pass, in which every architecture is called once per round in a new random order (each call "
-        "follows another model's, from colder caches, as the table's units are timed).",
+        f"{args.threads} thread(s), `measure_models` ({args.repeats} calls per model after warm-up, the median; at "
+        "one thread the thread's CPU time, so time spent preempted by another process is not counted), in "
+        f"{args.passes} passes per protocol, alternating, each in a fresh Python process (the process that built the "
+        "table or ran a search reads the same model up to 30% slower, and a tiny model's latency differs from "
+        "process to process); 'measured' is the median of the passes and 'measurement noise' their range (largest "
+        "minus smallest) relative to it, the floor under any error here. Two protocols: *interleaved*, the median "
+        "of interleaved repeats (every round calls every architecture once, in a new random order: each call "
+        "follows another model's, as the table's units are timed, and a slow spell of the machine reaches all "
+        "models alike); *alone*, every architecture's calls back to back, as a model serving requests runs, from "
+        "warmer caches: the table's sum runs high against it (median signed error), most on the cell space's tiny "
+        "models, whose latency is mostly per-call work. A load that lasts a whole pass is not removed: run it on a "
+        "quiet machine.",
     ]
-    lines += ["", "| architecture | predicted (ms) | measured (ms) | error | interleaved (ms) | GMACs | "
-              "DynOPool sizes |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| architecture | predicted (ms) | measured interleaved (ms) | error | measured alone (ms) | error | "
+              "GMACs | DynOPool sizes |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         sizes = ", ".join(f"{h}x{w}" for h, w in row["sizes"].values())
-        lines.append(f"| {name} | {row['predicted']:.3f} | {row['measured']:.3f} | "
-                     f"{(row['predicted'] - row['measured']) / row['measured']:+.1%} | {row['interleaved']:.3f} | "
-                     f"{row['gmacs']:.4f} | {sizes} |")
+        errors = " | ".join(f"{row[protocol]:.3f} | {(row['predicted'] - row[protocol]) / row[protocol]:+.1%}"
+                            for protocol in PROTOCOLS)
+        lines.append(f"| {name} | {row['predicted']:.3f} | {errors} | {row['gmacs']:.4f} | {sizes} |")
     _plot(rows, RESULTS / "latency.png")
     return lines, summary
 
@@ -217,12 +231,14 @@ def _plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     for space_name, marker in zip(SPACES, "os"):
         chosen = [r for r in rows.values() if r["space"] == space_name]
-        left.scatter([r["measured"] for r in chosen], [r["predicted"] for r in chosen], marker=marker, label=space_name)
-        right.scatter([r["measured"] for r in chosen], [r["gmacs"] for r in chosen], marker=marker, label=space_name)
-    top = max(max(r["measured"], r["predicted"]) for r in rows.values()) * 1.05
+        measured = [r[PROTOCOLS[0]] for r in chosen]
+        left.scatter(measured, [r["predicted"] for r in chosen], marker=marker, label=space_name)
+        right.scatter(measured, [r["gmacs"] for r in chosen], marker=marker, label=space_name)
+    top = max(max(r[PROTOCOLS[0]], r["predicted"]) for r in rows.values()) * 1.05
     left.plot([0, top], [0, top], color="grey", linewidth=0.8)
-    left.set(xlabel="measured latency (ms)", ylabel="predicted latency (ms)", title="LatencyCost")
-    right.set(xlabel="measured latency (ms)", ylabel="GMACs", title="GMACs")
+    xlabel = f"measured latency, {PROTOCOLS[0]} (ms)"
+    left.set(xlabel=xlabel, ylabel="predicted latency (ms)", title="LatencyCost")
+    right.set(xlabel=xlabel, ylabel="GMACs", title="GMACs")
     for axis in (left, right):
         axis.legend()
     figure.tight_layout()
