@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import random
 import statistics
@@ -39,9 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -75,20 +76,21 @@ def draw_architecture(space_name: str, rng: random.Random, scale_range: tuple[fl
 
 
 BUDGET_TEXT = (
-    "Each space searched with `dynopool-nas search --latency-budget-ms B --latency-anchor measured` (DARTS, bundled "
-    "digits, {search_images} images, {search_epochs} epochs, at 32x32): the search's predicted latency is calibrated "
-    "to its initial derived architecture measured end to end in the search's process (before its table is built), "
-    "so B means measured milliseconds. A budget is held by the DynOPool scales, so B must lie in the range "
+    "Each space searched as a user searches it: `dynopool-nas search --space S --latency-budget-ms B "
+    "--latency-anchor measured --epochs {search_epochs} --max-train-images {search_images} --image-size 32` (DARTS, "
+    "bundled digits), in a fresh process at {threads} thread(s). `--latency-anchor measured` calibrates the "
+    "search's predicted latency to its initial derived architecture measured end to end (before its table is "
+    "read), so B means measured milliseconds. A budget is held by the DynOPool scales, so B must lie in the range "
     "they can reach (`LatencyConstraint.reach`; a budget out of it is held at its nearest end, with a warning): "
     "B lies {budget_position} of the way, on a log scale, from the lowest to the highest latency that range "
-    "allows for the supernet as the search starts (NNI's random initial architecture weights, every DynOPool at "
-    "the space's 0.5; calibrated the same way). The latency table of the search is built from empty (every "
-    "block of the supernet timed whole in every combination of its choices, on the search grid 0.5-2.83). The "
-    "derived architecture is "
-    "rebuilt from `arch.json` and measured like the architectures above, in a fresh process; the target is to "
-    "end within 10% of the budget. 'Derived model predicted' is the derived architecture's own latency model "
-    "from the search's table, uncalibrated (what `compare` predicts), some of its grid points measured in the "
-    "process that had just run the search (such a process can read slow)."
+    "allows for a supernet of the space as a search starts (random initial architecture weights, every DynOPool "
+    "at the space's 0.5; calibrated the same way, in this process). The search's latency table is built from "
+    "empty by that step (every block of the supernet timed whole in every combination of its choices, on the "
+    "search grid 0.5-2.83) and read by the search from its cache file. The derived architecture is rebuilt from "
+    "`arch.json` and measured alone in fresh processes like the architectures above (the median of the passes); "
+    "the target is to end within 10% of the budget. 'Derived model predicted' is the derived architecture's own "
+    "latency model in the search's table, uncalibrated (what `compare` predicts), its missing grid points "
+    "measured in this process (which has built tables: it can read slow)."
 )
 
 
@@ -246,37 +248,46 @@ def _plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def budget_search(args: argparse.Namespace, scratch: Path) -> list[str]:
-    """A latency-budget search per space (``dynopool-nas search --latency-budget-ms``), its table
-    built from empty (the supernet's: every candidate in every width form on the grid), and the
-    derived architecture measured in a fresh process against the budget."""
-    from strategies.commands.search import run_search
-    from strategies.commands.settings import SearchSettings
+def _search_table(args: argparse.Namespace, cache: Path) -> LatencyTable:
+    """The latency table ``dynopool-nas search`` reads and extends when run with
+    ``XDG_CACHE_HOME=cache`` at ``args.threads`` threads (its cache file)."""
+    with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": str(cache)}):
+        return LatencyTable(threads=args.threads)
 
+
+def budget_search(args: argparse.Namespace, scratch: Path) -> list[str]:
+    """A latency-budget search per space, run as a user runs it (``dynopool-nas search
+    --latency-budget-ms B --latency-anchor measured``, in a fresh process), its table built from
+    empty (the supernet's: every block in every combination of its choices on the grid), and the
+    derived architecture measured in fresh processes against the budget."""
     lines = ["| space | reachable at the start (ms) | budget (ms) | held by the search (ms) | "
              "derived model predicted (ms) | measured (ms) | measured / budget | supernet table | search | "
              "out-of-reach warning |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for space_name in args.budget_spaces:
-        search_table = LatencyTable(threads=args.threads, path=scratch / f"{space_name}-search.json")
+        cache = scratch / f"{space_name}-cache"
+        search_table = _search_table(args, cache)
         budget, lowest, highest = reachable_budget(space_name, search_table, args.budget_position)
-        output = scratch / f"{space_name}-search"
-        started = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)
-            run_search(SearchSettings(
-                space=space_name, dataset="digits", epochs=args.search_epochs, output=output,
-                image_size=INPUT_SIZE[1], max_train_images=args.search_images, latency_budget_ms=budget,
-                latency_anchor="measured",
-            ), latency_table=search_table)
-        took = time.perf_counter() - started
-        reach = next((str(w.message) for w in caught if "out of reach" in str(w.message)), "")
         built = f"{search_table.measured} points, {search_table.seconds:.0f} s"
-        arch = load_architecture(output / "arch.json")
+        output = scratch / f"{space_name}-search"
+        command = [sys.executable, "-m", "strategies.commands.cli", "search", "--space", space_name,
+                   "--dataset", "digits", "--epochs", str(args.search_epochs), "--output", str(output),
+                   "--image-size", str(INPUT_SIZE[1]), "--max-train-images", str(args.search_images),
+                   "--latency-budget-ms", repr(budget), "--latency-anchor", "measured"]
+        environment = os.environ | {"XDG_CACHE_HOME": str(cache), "OMP_NUM_THREADS": str(args.threads)}
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, check=False)
+        took = time.perf_counter() - started
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+        print(*(line for line in done.stderr.splitlines() if "Warning: " in line), sep="\n", flush=True)
+        warned = (line for line in done.stderr.splitlines() if "out of reach" in line)
+        reach = next((line.split("Warning: ", 1)[-1] for line in warned), "")
+        path = output / "arch.json"
+        arch = load_architecture(path)
         held = arch["metrics"].get("latency_ms", float("nan"))
         model = build_model(make_space(space_name, 10, INPUT_SIZE[0]), arch).eval()
-        predicted = float(LatencyCost.from_model(model, INPUT_SIZE, search_table)().detach())
-        path = output / "arch.json"
+        predicted = float(LatencyCost.from_model(model, INPUT_SIZE, _search_table(args, cache))().detach())
         measured = statistics.median(measured_elsewhere(args, scratch, [path])[str(path)] for _ in range(args.passes))
         ratio = measured / budget
         verdict = "within" if abs(ratio - 1) <= 0.1 else "not within"

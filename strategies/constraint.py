@@ -41,7 +41,7 @@ from dynopool_nas.latency import LatencyCost, LatencyTable, Variants, _shapes, m
 from .supernet import derived_model
 
 __all__ = [
-    "ANCHORS", "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric",
+    "ANCHORS", "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric", "anchor_latency",
     "derived_parameter_count", "supernet_cost", "supernet_gates", "supernet_latency_cost", "width_forms",
 ]
 
@@ -406,17 +406,26 @@ def supernet_latency_cost(
     if table is None:
         param = next(model.parameters())
         table = LatencyTable(param.device, param.dtype)
-    derived = derived_model(model).to(device=table.device, dtype=table.dtype) if isinstance(model, ModelSpace) else None
+    anchored = isinstance(model, ModelSpace)
     # measured before the table is built: a process that has just timed thousands of units reads a model slow
-    measured = (measure_model(derived, input_size, mode=table.mode, threads=table.threads)
-                if derived is not None and anchor == "measured" else None)
+    measured = anchor_latency(model, input_size, table, anchor) if anchored and anchor == "measured" else None
     cost = LatencyCost.from_model(model, input_size, table, gates=gates,
                                   variants=width_forms(model, input_size, blocks), scales=SEARCH_SCALES)
-    if derived is not None:
-        anchored = measured if measured is not None else LatencyCost.from_model(derived, input_size, table,
-                                                                                scales=SEARCH_SCALES)()
-        cost.calibrate(float(anchored))
+    if anchored:
+        cost.calibrate(measured if measured is not None else anchor_latency(model, input_size, table, anchor))
     return cost
+
+
+def anchor_latency(supernet: nn.Module, input_size: tuple[int, int, int], table: LatencyTable, anchor: str) -> float:
+    """The latency (ms) a supernet's cost is calibrated to (:func:`supernet_latency_cost`): the
+    plain model of the architecture it derives now (:func:`~strategies.supernet.derived_model`),
+    predicted in ``table`` (``anchor="predicted"``, on the supernet's grid) or measured end to end
+    on the table's device, threads and mode (``"measured"``)."""
+    derived = derived_model(supernet).to(device=table.device, dtype=table.dtype)
+    if anchor == "measured":
+        return measure_model(derived, input_size, mode=table.mode, threads=table.threads)
+    with torch.no_grad():
+        return float(LatencyCost.from_model(derived, input_size, table, scales=SEARCH_SCALES)())
 
 
 def derived_parameter_count(model: nn.Module, gates: dict[str, Gate]) -> int:
@@ -496,6 +505,9 @@ class CostConstraint:
     def supernet_cost(self, model: nn.Module, input_size: tuple[int, int, int]) -> Any:
         """The expected cost of a one-shot supernet, the one :meth:`bind` takes in a search."""
         raise NotImplementedError
+
+    def recalibrate(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+        """Refresh what the cost is calibrated to (nothing for an exact cost such as GMACs)."""
 
     def bind(self, cost: Any) -> CostConstraint:
         """Attach the cost of the model being searched; in budget mode, fix the range in which
@@ -642,6 +654,13 @@ class LatencyConstraint(CostConstraint):
 
     def supernet_cost(self, model: nn.Module, input_size: tuple[int, int, int]) -> LatencyCost:
         return supernet_latency_cost(model, input_size, self.table, anchor=self.anchor)
+
+    def recalibrate(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+        """Calibrate the bound cost anew to the architecture the supernet derives now
+        (:func:`anchor_latency`): a search calls it after every epoch, so that the calibration
+        follows the architecture as it moves."""
+        if isinstance(model, ModelSpace):
+            self.cost.calibrate(anchor_latency(model, input_size, self.cost.table, self.anchor))
 
 
 def _alpha_range(cost: GMACsCost | LatencyCost) -> tuple[Tensor, Tensor]:

@@ -209,6 +209,19 @@ def test_a_cell_supernet_is_priced_as_the_architecture_it_derives():
         assert float(cost(hard=True)) == pytest.approx(float(moved()), rel=0.25)
 
 
+def test_a_search_reports_the_latency_its_derived_model_is_priced_at_after_every_epoch():
+    table = LatencyTable(**QUICK)
+    space = lambda: DynOPoolCellSpace(widths=(4, 8), depths=(1, 2), num_stages=3)  # noqa: E731
+    strategy = _search(LatencyConstraint(lam=0.1, table=table), epochs=2, space=space(), size=16, images=64)
+    history = strategy.oneshot_module.history
+    assert all(epoch["expected_latency_ms"] != epoch["latency_ms"] for epoch in history)
+    points = len(table)
+    model = build_model(space(), export_architecture(strategy))
+    derived = float(LatencyCost.from_model(model, (1, 16, 16), table, scales=SEARCH_SCALES)())
+    assert len(table) == points  # recalibrated on these very points at the end of the last epoch
+    assert history[-1]["latency_ms"] == pytest.approx(derived, rel=1e-9)
+
+
 def test_a_measured_anchor_calibrates_the_supernet_to_its_derived_model_timed_whole():
     table = LatencyTable(**QUICK)
     supernet = DynOPoolDARTS(input_size=INPUT).mutate_model(_BlockSpace())
