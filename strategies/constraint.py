@@ -631,10 +631,10 @@ class LatencyConstraint(CostConstraint):
         table: the :class:`~dynopool_nas.LatencyTable` the cost is looked up in (and extended);
             default: the cached table of the supernet's device and dtype at the current thread
             count, for inference.
-        anchor: what the supernet's predicted latency is calibrated to at the start
-            (:func:`supernet_latency_cost`): ``"predicted"``, its derived architecture's
-            prediction from the table, or ``"measured"``, that architecture measured end to
-            end (a budget then means measured milliseconds).
+        anchor: what the supernet's predicted latency is calibrated to at the start and after
+            every epoch (:func:`supernet_latency_cost`, :meth:`recalibrate`): ``"predicted"``,
+            its derived architecture's prediction from the table, or ``"measured"``, that
+            architecture measured end to end (a budget then means measured milliseconds).
     """
 
     metric = LATENCY

@@ -9,7 +9,9 @@ Differences from NNI's strategies of the same name:
   i.e. towards huge feature maps), and it is kept out of the weight optimizer;
 * an optional :class:`~strategies.constraint.GMACsConstraint` or
   :class:`~strategies.constraint.LatencyConstraint` adds the supernet's expected GMACs or
-  predicted latency to the architecture loss (lambda, eq. 4.8), or holds it at a budget;
+  predicted latency to the architecture loss (lambda, eq. 4.8), or holds it at a budget (after
+  every epoch the latency is calibrated anew to the derived architecture and the budget projected
+  again);
 * after every epoch the search reports to NNI ``'default'`` (top-1 of the supernet on the
   validation split), ``'gmacs'`` and ``'params'`` of the architecture derived at that moment,
   ``'expected_gmacs'``, under a latency constraint ``'latency_ms'`` (the derived architecture's
