@@ -534,15 +534,17 @@ class CostConstraint:
         return loss + self.lam * priced, logged
 
     @torch.no_grad()
-    def project(self, iterations: int = 24) -> None:
+    def project(self, iterations: int = 24, *, check: bool = False) -> None:
         """Budget mode: rescale every DynOPool's alpha by one factor to meet the budget.
 
         Each alpha stays in the range fixed by :meth:`bind` (:func:`_alpha_range`): a budget out
         of reach is held at the nearest end of what the scales can reach, with one
         ``RuntimeWarning`` that names that range. The bisection runs a fixed number of steps on
         tensors, so on a GPU it never waits for the device; whether the budget is reachable is
-        read back on the first call and every ``CHECK_EVERY`` calls after it. It needs a cost
-        that does not grow with alpha (smaller maps never cost more), as both costs are."""
+        read back on the first call, every ``CHECK_EVERY`` calls after it and when ``check``
+        (a search checks at the end of every epoch: the choices may have moved the range). It
+        needs a cost that does not grow with alpha (smaller maps never cost more), as both
+        costs are."""
         if self.budget is None or self.cost is None:
             return
         cost_at, most, least = self._scaled_cost(self._alpha_low, self._alpha_high)
@@ -556,7 +558,7 @@ class CostConstraint:
         closest = torch.where(miss_below <= miss_above, below, above)
         closest = torch.where(miss_stay <= torch.minimum(miss_below, miss_above), stay, closest)
         self._calls += 1
-        if not self._warned and (self._calls - 1) % self.CHECK_EVERY == 0:
+        if not self._warned and (check or (self._calls - 1) % self.CHECK_EVERY == 0):
             self._warn_if_out_of_reach(float(cost_at(closest)), float(cost_at(least)), float(cost_at(most)))
         cost_at(closest)
 

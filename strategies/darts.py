@@ -115,7 +115,7 @@ class _DynOPoolSearchModule:
     def on_train_epoch_end(self) -> None:
         if self.penalty is not None:  # the calibration follows the architecture; a budget holds at its end
             self.penalty.recalibrate(self.model, self.input_size)
-            self.penalty.project()
+            self.penalty.project(check=True)
         metrics = self.metrics()
         self.history.append(metrics)
         self.log_dict({f"search/{k}": float(v) for k, v in metrics.items()})

@@ -154,6 +154,15 @@ def test_reach_names_the_range_a_budget_can_lie_in_and_moves_no_scale(table):
     with pytest.warns(RuntimeWarning, match="out of reach"):
         LatencyConstraint(budget_ms=0.5 * lowest).bind(cost).project()
     assert math.isclose(float(cost(hard=True)), lowest, rel_tol=1e-6)
+    # a budget that goes out of reach between two checks is named when asked (a search asks after every epoch)
+    constraint = LatencyConstraint(budget_ms=inside).bind(cost)
+    constraint.project()
+    constraint.budget = 0.5 * lowest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        constraint.project()  # the second call does not read the reach back
+    with pytest.warns(RuntimeWarning, match="out of reach"):
+        constraint.project(check=True)
 
 
 # ----------------------------------------------------------------------------- the search
