@@ -84,7 +84,7 @@ from .layer import DynOPool2d
 
 __all__ = [
     "DEFAULT_SCALES", "LatencyCost", "LatencyTable", "MonotoneFit", "device_fingerprint", "fit_affine", "fit_monotone",
-    "measure_model", "measure_models",
+    "measure_model", "measure_models", "model_table",
 ]
 
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.71, 1.0, 1.41)
@@ -485,6 +485,13 @@ class LatencyTable:
 # ----------------------------------------------------------------------------- layers of a model
 
 
+def model_table(model: nn.Module) -> LatencyTable:
+    """The cached table of ``model``'s device and dtype (its first parameter's; the CPU and float32
+    without one) at the current thread count, for inference: what a cost defaults to."""
+    param = next(model.parameters(), None)
+    return LatencyTable("cpu") if param is None else LatencyTable(param.device, param.dtype)
+
+
 def _units(model: nn.Module, gates: Mapping[str, Gate]) -> dict[str, nn.Module]:
     """The modules that are timed, each as a whole: every DynOPool2d, and the largest modules
     that hold no DynOPool2d and no gated module below themselves (a block with its residual
@@ -679,9 +686,7 @@ class LatencyCost:
         if not scales or any(not (math.isfinite(s) and s > 0) for s in scales):
             raise ValueError(f"scales must be positive numbers, got {scales!r}")
         param = next(model.parameters(), None)
-        if table is None:
-            table = LatencyTable(param.device if param is not None else "cpu",
-                                 param.dtype if param is not None else torch.float32)
+        table = model_table(model) if table is None else table
         example = torch.zeros(batch_size, *input_size, device=param.device if param is not None else None,
                               dtype=param.dtype if param is not None else None)
         gates = dict(gates or {})

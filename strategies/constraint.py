@@ -36,13 +36,14 @@ from torch import Tensor, nn
 from dynopool_nas import DynOPool2d, GMACsCost
 from dynopool_nas._utils import eval_mode, example_input
 from dynopool_nas.cost import Gate, gate_keys
-from dynopool_nas.latency import LatencyCost, LatencyTable, Variants, _shapes, measure_model
+from dynopool_nas.latency import LatencyCost, LatencyTable, Variants, _shapes, measure_model, model_table
 
 from .supernet import derived_model
 
 __all__ = [
     "ANCHORS", "GMACS", "LATENCY", "CostConstraint", "GMACsConstraint", "LatencyConstraint", "Metric", "anchor_latency",
-    "derived_parameter_count", "supernet_cost", "supernet_gates", "supernet_latency_cost", "width_forms",
+    "check_anchor", "derived_parameter_count", "supernet_cost", "supernet_gates", "supernet_latency_cost",
+    "width_forms",
 ]
 
 _CHANNEL_ARGUMENTS = ("in_channels", "out_channels", "in_features", "out_features", "num_features")
@@ -370,6 +371,12 @@ ANCHORS = ("predicted", "measured")
 """What a supernet's latency is calibrated to (:func:`supernet_latency_cost`)."""
 
 
+def check_anchor(value: str, name: str = "anchor") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of :data:`ANCHORS`."""
+    if value not in ANCHORS:
+        raise ValueError(f"{name} must be one of {ANCHORS}, got {value!r}")
+
+
 def supernet_latency_cost(
     model: nn.Module, input_size: tuple[int, int, int], table: LatencyTable | None = None, *,
     anchor: str = "predicted",
@@ -387,8 +394,7 @@ def supernet_latency_cost(
     latency measured on the table's device (``anchor="measured"``: the figure a latency budget
     is meant in; a table sums units timed among others, from colder caches than a model
     gives them, and on a CPU reads small models 10-20% slow)."""
-    if anchor not in ANCHORS:
-        raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+    check_anchor(anchor)
     blocks = _priced_blocks(model, input_size)
 
     def inside_block(name: str) -> bool:
@@ -403,9 +409,7 @@ def supernet_latency_cost(
     for name in _channel_sources(model, input_size):
         if not inside_block(name):
             gates.setdefault(name, _one)
-    if table is None:
-        param = next(model.parameters())
-        table = LatencyTable(param.device, param.dtype)
+    table = model_table(model) if table is None else table
     anchored = isinstance(model, ModelSpace)
     # measured before the table is built: a process that has just timed thousands of units reads a model slow
     measured = anchor_latency(model, input_size, table, anchor) if anchored and anchor == "measured" else None
@@ -645,8 +649,7 @@ class LatencyConstraint(CostConstraint):
     def __init__(self, lam: float | None = None, budget_ms: float | None = None, *, relative: bool = True,
                  table: LatencyTable | None = None, anchor: str = "predicted") -> None:
         super().__init__(lam, budget_ms, relative=relative)
-        if anchor not in ANCHORS:
-            raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+        check_anchor(anchor)
         self.table = table
         self.anchor = anchor
 

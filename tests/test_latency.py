@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.cpp_extension import get_default_build_root
 
 from dynopool_nas import DynOPool2d, LatencyCost, LatencyTable, measure_model, measure_models
-from dynopool_nas.latency import _measure, cache_dir, device_fingerprint, fit_affine, fit_monotone
+from dynopool_nas.latency import _measure, cache_dir, device_fingerprint, fit_affine, fit_monotone, model_table
 
 # Tiny grids and short samples: the machine is shared, so no test asserts a tight timing.
 SCALES = (0.5, 1.0)
@@ -110,6 +110,14 @@ def test_a_calibrated_cost_predicts_its_anchor_now_and_scales_every_prediction_b
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="positive number of milliseconds"):
             cost.calibrate(bad)
+
+
+def test_a_model_defaults_to_the_table_of_its_device_and_dtype():
+    table = model_table(_chain().double())
+    assert (table.device.type, table.dtype) == ("cpu", torch.float64)
+    assert table.path.parent == cache_dir() and table.fingerprint["dtype"] == "float64"  # its cached table
+    bare = model_table(torch.nn.ReLU())  # no parameter: the CPU in float32
+    assert (bare.device.type, bare.dtype) == ("cpu", torch.float32)
 
 
 def test_building_leaves_the_model_as_it_was():

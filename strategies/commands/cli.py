@@ -99,9 +99,9 @@ def add_commands(commands: Any) -> None:
                             help="target predicted latency per image (ms, on this device; measures a latency table "
                                  "once, cached)")
     search.add_argument("--latency-anchor", default=SearchSettings.latency_anchor, choices=ANCHORS, metavar="ANCHOR",
-                        help="calibrate the predicted latency to the derived architecture's latency predicted from the "
-                             "table or measured end to end at the start (a budget then means measured ms): "
-                             "%(choices)s")
+                        help="calibrate the predicted latency, at the start and after every epoch, to the derived "
+                             "architecture's latency predicted from the table or measured end to end (a budget then "
+                             "means measured ms): %(choices)s")
     search.add_argument("--max-train-images", type=positive_int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=SearchSettings.seed)
     search.add_argument("--placement", default=SearchSettings.placement, choices=PLACEMENTS, metavar="PLACEMENT",

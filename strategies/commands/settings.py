@@ -50,13 +50,6 @@ def _placement(value: str) -> None:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {value!r}")
 
 
-def _latency_anchor(value: str) -> None:
-    from strategies.constraint import ANCHORS
-
-    if value not in ANCHORS:
-        raise ValueError(f"latency_anchor must be one of {ANCHORS}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class SearchSettings:
     """One one-shot search (``dynopool-nas search``): ``space`` searched by ``strategy`` on
@@ -80,9 +73,9 @@ class SearchSettings:
         latency_budget_ms: a target predicted latency in milliseconds per image, on the device
             the search runs on (at most one of the four; the latency ones measure, or read from
             the cache, a latency table of that device: :class:`~strategies.LatencyConstraint`).
-        latency_anchor: what the predicted latency is calibrated to at the start: the derived
-            architecture's ``"predicted"`` latency or its ``"measured"`` one (a budget then means
-            measured milliseconds): :data:`~strategies.constraint.ANCHORS`.
+        latency_anchor: what the predicted latency is calibrated to at the start and after every
+            epoch: the derived architecture's ``"predicted"`` latency or its ``"measured"`` one (a
+            budget then means measured milliseconds): :data:`~strategies.constraint.ANCHORS`.
         max_train_images: use only the first N training images.
         seed: seed of the initialization, the data order and the validation split.
         placement: converted models: DynOPool ``after`` a strided conv (eq. 5.2) or ``before`` it.
@@ -124,7 +117,9 @@ class SearchSettings:
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         _positive_number(self, *(name for name in ("gmacs_budget", "latency_budget_ms") if name in given))
-        _latency_anchor(self.latency_anchor)
+        from strategies.constraint import check_anchor
+
+        check_anchor(self.latency_anchor, "latency_anchor")
         _placement(self.placement)
 
 
