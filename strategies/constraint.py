@@ -391,8 +391,8 @@ def supernet_latency_cost(
     architecture's plain model (:func:`~strategies.supernet.derived_model`) at the start: to its
     ``LatencyCost`` in the same table (``anchor="predicted"``: a supernet times a cell's
     operations one by one, not the cell with the work between them), or to its end-to-end
-    latency measured on the table's device (``anchor="measured"``: the figure a latency budget
-    is meant in; a table sums units timed among others, from colder caches than a model
+    latency measured on the table's device in a fresh process (``anchor="measured"``: the
+    figure a latency budget is meant in; a table sums units timed among others, from colder caches than a model
     gives them, and on a CPU reads small models 10-20% slow)."""
     check_anchor(anchor)
     blocks = _priced_blocks(model, input_size)
@@ -410,13 +410,10 @@ def supernet_latency_cost(
         if not inside_block(name):
             gates.setdefault(name, _one)
     table = model_table(model) if table is None else table
-    anchored = isinstance(model, ModelSpace)
-    # measured before the table is built: a process that has just timed thousands of units reads a model slow
-    measured = anchor_latency(model, input_size, table, anchor) if anchored and anchor == "measured" else None
     cost = LatencyCost.from_model(model, input_size, table, gates=gates,
                                   variants=width_forms(model, input_size, blocks), scales=SEARCH_SCALES)
-    if anchored:
-        cost.calibrate(measured if measured is not None else anchor_latency(model, input_size, table, anchor))
+    if isinstance(model, ModelSpace):
+        cost.calibrate(anchor_latency(model, input_size, table, anchor))
     return cost
 
 
@@ -424,10 +421,11 @@ def anchor_latency(supernet: nn.Module, input_size: tuple[int, int, int], table:
     """The latency (ms) a supernet's cost is calibrated to (:func:`supernet_latency_cost`): the
     plain model of the architecture it derives now (:func:`~strategies.supernet.derived_model`),
     predicted in ``table`` (``anchor="predicted"``, on the supernet's grid) or measured end to end
-    on the table's device, threads and mode (``"measured"``)."""
+    on the table's device, threads and mode, in a fresh process (``"measured"``: the process of a
+    search has trained and built tables, and reads a model 8-15% slower than one that serves it)."""
     derived = derived_model(supernet).to(device=table.device, dtype=table.dtype)
     if anchor == "measured":
-        return measure_model(derived, input_size, mode=table.mode, threads=table.threads)
+        return measure_model(derived, input_size, mode=table.mode, threads=table.threads, fresh_process=True)
     with torch.no_grad():
         return float(LatencyCost.from_model(derived, input_size, table, scales=SEARCH_SCALES)())
 

@@ -306,6 +306,32 @@ def test_measure_models_times_every_model_and_the_table_its_measuring_time():
     assert table.measured > 0 and table.seconds > 0
 
 
+class BuiltHere(nn.Conv2d):
+    """A convolution that refuses to run in the process that built it."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 4, 3, padding=1)
+        self.builder = os.getpid()
+
+    def forward(self, x):
+        if os.getpid() == self.builder:
+            raise RuntimeError("run in the process that built it")
+        return super().forward(x)
+
+
+def test_a_fresh_process_measures_a_copy_of_the_models_sent_there():
+    times = measure_models({"conv": BuiltHere(), "chain": _chain()}, (3, 16, 16), fresh_process=True, **QUICK)
+    assert set(times) == {"conv", "chain"} and all(t > 0 for t in times.values())
+    with pytest.raises(RuntimeError, match="run in the process that built it"):
+        measure_model(BuiltHere(), (3, 16, 16), **QUICK)
+
+    class Local(nn.Identity):
+        pass
+
+    with pytest.raises(ValueError, match="importable module, or measure with fresh_process=False"):
+        measure_model(Local(), (3, 16, 16), fresh_process=True, **QUICK)
+
+
 def test_points_are_interleaved_within_windows_in_their_given_order():
     calls: list[str] = []
     jobs = {key: (lambda key=key: (lambda: calls.append(key))) for key in "abcde"}
