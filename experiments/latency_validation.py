@@ -31,7 +31,6 @@ unless --cache is given, so its build time is measured too.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -54,7 +53,7 @@ from dynopool_nas import GMACsCost, LatencyCost, LatencyTable, dynopool_layers, 
 from dynopool_nas._utils import atomic_write
 from dynopool_nas.latency import DEFAULT_SCALES, fit_affine, fit_monotone
 from search_spaces.arch import build_model, load_architecture, name_dynopools
-from search_spaces.registry import make_space, space_of
+from search_spaces.registry import make_space
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -77,21 +76,21 @@ def draw_architecture(space_name: str, rng: random.Random, scale_range: tuple[fl
 
 
 BUDGET_TEXT = (
-    "Each space searched as a user searches it: `dynopool-nas search --space S --latency-budget-ms B "
-    "--latency-anchor measured --epochs {search_epochs} --max-train-images {search_images} --image-size 32` (DARTS, "
-    "bundled digits), in a fresh process at {threads} thread(s). `--latency-anchor measured` calibrates the "
-    "search's predicted latency to its initial derived architecture measured end to end (before its table is "
-    "read), so B means measured milliseconds. A budget is held by the DynOPool scales, so B must lie in the range "
-    "they can reach (`LatencyConstraint.reach`; a budget out of it is held at its nearest end, with a warning): "
-    "B lies {budget_position} of the way, on a log scale, from the lowest to the highest latency that range "
-    "allows for a supernet of the space as a search starts (random initial architecture weights, every DynOPool "
-    "at the space's 0.5; calibrated the same way, in this process). The search's latency table is built from "
-    "empty by that step (every block of the supernet timed whole in every combination of its choices, on the "
-    "search grid 0.5-2.83) and read by the search from its cache file. The derived architecture is rebuilt from "
-    "`arch.json` and measured alone in fresh processes like the architectures above (the median of the passes); "
-    "the target is to end within 10% of the budget. 'Derived model predicted' is the derived architecture's own "
-    "latency model in the search's table, uncalibrated (what `compare` predicts), its missing grid points "
-    "measured in this process (which has built tables: it can read slow)."
+    "Each space searched as a user searches it: `dynopool-nas search --space S --latency-budget-ms B --latency-"
+    "anchor measured --epochs {search_epochs} --max-train-images {search_images} --image-size 32` (DARTS, bundled "
+    "digits), in a fresh process at {threads} thread(s). `--latency-anchor measured` calibrates the search's "
+    "predicted latency, at the start and after every epoch, to the architecture it derives at that moment, measured"
+    " end to end in a fresh process, so B means measured milliseconds. A budget is held by the DynOPool scales, so "
+    "B must lie in the range they can reach (`LatencyConstraint.reach`; a budget out of it is held at its nearest "
+    "end, with a warning): B lies {budget_position} of the way, on a log scale, from the lowest to the highest "
+    "latency that range allows for a supernet of the space as a search starts (random initial architecture weights,"
+    " every DynOPool at the space's 0.5; calibrated the same way). The search's latency table is built from empty "
+    "by that step (every block of the supernet timed whole in every combination of its choices, on the search grid "
+    "0.5-2.83) and read by the search from its cache file. The derived architecture is rebuilt from `arch.json` and"
+    " measured alone in fresh processes like the architectures above (the median of the passes); the target is to "
+    "end within 10% of the budget. 'Derived model predicted' is the derived architecture's own latency model in the"
+    " search's table, uncalibrated (what `compare` predicts), its missing grid points measured in this process "
+    "(which has built tables: it can read slow)."
 )
 
 
@@ -118,33 +117,16 @@ def drawn_architectures(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
             for space_name in SPACES for index in range(args.draws)}
 
 
-def measure_pass(args: argparse.Namespace) -> None:
-    """``--measure-pass OUT``: measure the drawn architectures (or ``--arch`` files) in this
-    process and write their milliseconds to OUT (JSON)."""
-    if args.arch:
-        models = {path: build_model(space_of(arch, 10, INPUT_SIZE[0]), arch).eval()
-                  for path, arch in ((path, load_architecture(path)) for path in args.arch)}
-    else:
-        models = drawn_architectures(args)
-    window = len(models) if args.interleaved else 1
-    times = measure_models(models, INPUT_SIZE, threads=args.threads, repeats=args.repeats, window=window)
-    Path(args.measure_pass).write_text(json.dumps(times))
-
-
-def measured_elsewhere(args: argparse.Namespace, scratch: Path, arch: list[Path] | None = None,
+def measured_elsewhere(args: argparse.Namespace, models: dict[str, torch.nn.Module],
                        interleaved: bool = False) -> dict[str, float]:
-    """Milliseconds per architecture, measured in a fresh Python process (no table, no search,
-    no training ran in it: their heap and caches do not reach the measurement)."""
-    out = scratch / f"pass-{time.monotonic_ns()}.json"
-    command = [sys.executable, __file__, "--measure-pass", str(out), "--threads", str(args.threads),
-               "--repeats", str(args.repeats), "--draws", str(args.draws), "--seed", str(args.seed),
-               "--scale-range", *map(str, args.scale_range), *(["--arch", *map(str, arch)] if arch else []),
-               *(["--interleaved"] if interleaved else [])]
-    subprocess.run(command, check=True, cwd=ROOT)
-    return json.loads(out.read_text())
+    """Milliseconds per model, measured in a fresh Python process (``measure_models(...,
+    fresh_process=True)``: no table, no search, no training ran in it, so their heap and caches
+    do not reach the measurement)."""
+    return measure_models(models, INPUT_SIZE, threads=args.threads, repeats=args.repeats,
+                          window=len(models) if interleaved else 1, fresh_process=True)
 
 
-def end_to_end(args: argparse.Namespace, table: LatencyTable, scratch: Path) -> tuple[list[str], dict[str, Any]]:
+def end_to_end(args: argparse.Namespace, table: LatencyTable) -> tuple[list[str], dict[str, Any]]:
     models = drawn_architectures(args)
     rows: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -157,7 +139,7 @@ def end_to_end(args: argparse.Namespace, table: LatencyTable, scratch: Path) -> 
     passes: dict[str, list[dict[str, float]]] = {protocol: [] for protocol in PROTOCOLS}
     for _ in range(args.passes):
         for protocol in PROTOCOLS:
-            passes[protocol].append(measured_elsewhere(args, scratch, interleaved=protocol == "interleaved"))
+            passes[protocol].append(measured_elsewhere(args, models, interleaved=protocol == "interleaved"))
     for name, row in rows.items():
         for protocol in PROTOCOLS:
             times = [p[name] for p in passes[protocol]]
@@ -289,7 +271,8 @@ def budget_search(args: argparse.Namespace, scratch: Path) -> list[str]:
         held = arch["metrics"].get("latency_ms", float("nan"))
         model = build_model(make_space(space_name, 10, INPUT_SIZE[0]), arch).eval()
         predicted = float(LatencyCost.from_model(model, INPUT_SIZE, _search_table(args, cache))().detach())
-        measured = statistics.median(measured_elsewhere(args, scratch, [path])[str(path)] for _ in range(args.passes))
+        measured = statistics.median(measured_elsewhere(args, {"derived": model})["derived"]
+                                     for _ in range(args.passes))
         ratio = measured / budget
         verdict = "within" if abs(ratio - 1) <= 0.1 else "not within"
         lines.append(f"| {space_name} | {lowest:.3f} to {highest:.3f} | {budget:.3f} | {held:.3f} | "
@@ -357,9 +340,6 @@ def main() -> None:
     parser.add_argument("--budget-position", type=float, default=0.2,
                         help="budget: this far (0..1, log scale) from the lowest to the highest latency the scales can "
                              "reach as a search starts")
-    parser.add_argument("--measure-pass", help=argparse.SUPPRESS)  # internal: measure in a fresh process
-    parser.add_argument("--arch", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--interleaved", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--search-epochs", type=int, default=3)
     parser.add_argument("--search-images", type=int, default=512)
     parser.add_argument("--cache", help="latency table file (default: a fresh one, so that its build is timed)")
@@ -368,9 +348,6 @@ def main() -> None:
                         help="end-to-end measurements of every model, each in a fresh process (the median is used)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.measure_pass:
-        measure_pass(args)
-        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         table = LatencyTable(threads=args.threads, path=args.cache or Path(scratch) / "table.json")
@@ -381,7 +358,7 @@ def main() -> None:
         if args.budget_only:  # a repeat of the budget searches, printed; the results page is left as it is
             print("\n".join(budget_search(args, Path(scratch))))
             return
-        lines, _ = end_to_end(args, table, Path(scratch))
+        lines, _ = end_to_end(args, table)
         print("\n".join(lines), flush=True)
         if args.budget_search:
             lines += ["", "## Latency-budget searches", "", BUDGET_TEXT.format(**vars(args)), "",
