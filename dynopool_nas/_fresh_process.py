@@ -10,11 +10,15 @@ import pickle
 import sys
 from pathlib import Path
 
-from dynopool_nas.latency import measure_models
+from dynopool_nas.latency import UNPICKLING_FAILED, measure_models
 
 
 def main() -> None:
-    models, input_size, options = pickle.load(sys.stdin.buffer)
+    try:
+        models, input_size, options = pickle.load(sys.stdin.buffer)
+    except (AttributeError, ImportError) as error:
+        print(error, file=sys.stderr)
+        sys.exit(UNPICKLING_FAILED)
     Path(sys.argv[1]).write_text(json.dumps(measure_models(models, input_size, **options)))
 
 

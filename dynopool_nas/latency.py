@@ -371,17 +371,22 @@ def measure_models(
                         description="models")
 
 
+UNPICKLING_FAILED = 3
+"""Exit status of ``python -m dynopool_nas._fresh_process`` when it cannot rebuild the models sent
+to it (a class it cannot import)."""
+
+
 def _in_fresh_process(models: Mapping[str, nn.Module], input_size: tuple[int, int, int] | Tensor,
                       options: dict[str, Any]) -> dict[str, float]:
     """:func:`measure_models` run by ``python -m dynopool_nas._fresh_process``, the models sent
-    pickled (their classes must be importable there: defined in a module on ``sys.path``)."""
+    pickled. Raises ``ValueError`` when they cannot be sent (a class defined in ``__main__``, a
+    notebook or a function cannot be imported there), ``RuntimeError`` when the measurement fails."""
+    unsendable = ("a model measured in a fresh process is sent there pickled, and this one cannot be ({}); define "
+                  "its classes in an importable module, or measure with fresh_process=False")
     try:
         call = pickle.dumps((dict(models), input_size, options))
     except (pickle.PicklingError, AttributeError, TypeError) as error:
-        raise ValueError(
-            f"a model measured in a fresh process is sent there pickled, and this one cannot be ({error}); define "
-            "its classes in an importable module, or measure with fresh_process=False"
-        ) from error
+        raise ValueError(unsendable.format(error)) from error
     search_path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
     with tempfile.TemporaryDirectory(prefix="dynopool-measure-") as folder:
         result = Path(folder) / "milliseconds.json"
@@ -389,11 +394,11 @@ def _in_fresh_process(models: Mapping[str, nn.Module], input_size: tuple[int, in
             [sys.executable, "-m", "dynopool_nas._fresh_process", str(result)], input=call, capture_output=True,
             env=os.environ | {"PYTHONPATH": search_path}, check=False,
         )
+        reason = done.stderr.decode(errors="replace").strip()
+        if done.returncode == UNPICKLING_FAILED:
+            raise ValueError(unsendable.format(reason.splitlines()[-1] if reason else "it could not be rebuilt"))
         if done.returncode:
-            raise RuntimeError(
-                "measuring in a fresh process failed (a model whose class lives in __main__ or a notebook cannot "
-                f"be rebuilt there; measure with fresh_process=False):\n{done.stderr.decode(errors='replace')[-3000:]}"
-            )
+            raise RuntimeError(f"measuring in a fresh process failed:\n{reason[-3000:]}")
         return json.loads(result.read_text())
 
 

@@ -1,5 +1,7 @@
 import json
 import os
+import sys
+import types
 
 import pytest
 import torch
@@ -319,7 +321,7 @@ class BuiltHere(nn.Conv2d):
         return super().forward(x)
 
 
-def test_a_fresh_process_measures_a_copy_of_the_models_sent_there():
+def test_a_fresh_process_measures_a_copy_of_the_models_sent_there(monkeypatch):
     times = measure_models({"conv": BuiltHere(), "chain": _chain()}, (3, 16, 16), fresh_process=True, **QUICK)
     assert set(times) == {"conv", "chain"} and all(t > 0 for t in times.values())
     with pytest.raises(RuntimeError, match="run in the process that built it"):
@@ -329,7 +331,13 @@ def test_a_fresh_process_measures_a_copy_of_the_models_sent_there():
         pass
 
     with pytest.raises(ValueError, match="importable module, or measure with fresh_process=False"):
-        measure_model(Local(), (3, 16, 16), fresh_process=True, **QUICK)
+        measure_model(Local(), (3, 16, 16), fresh_process=True, **QUICK)  # cannot be pickled here
+    only_here = types.ModuleType("only_in_this_process")
+    only_here.Local = Local
+    Local.__module__, Local.__qualname__ = only_here.__name__, "Local"
+    monkeypatch.setitem(sys.modules, only_here.__name__, only_here)
+    with pytest.raises(ValueError, match=r"No module named 'only_in_this_process'.*importable module"):
+        measure_model(Local(), (3, 16, 16), fresh_process=True, **QUICK)  # pickled here, not rebuilt there
 
 
 def test_points_are_interleaved_within_windows_in_their_given_order():

@@ -96,12 +96,12 @@ def add_commands(commands: Any) -> None:
     constraint.add_argument("--latency-lambda", type=float,
                             help="lambda of eq. 4.8 on the predicted latency, relative to the initial latency")
     constraint.add_argument("--latency-budget-ms", type=float, metavar="MS",
-                            help="target predicted latency per image (ms, on this device; measures a latency table "
+                            help="target latency per image (ms, on this device; measures a latency table "
                                  "once, cached)")
     search.add_argument("--latency-anchor", default=SearchSettings.latency_anchor, choices=ANCHORS, metavar="ANCHOR",
                         help="calibrate the predicted latency, at the start and after every epoch, to the derived "
-                             "architecture's latency predicted from the table or measured end to end (a budget then "
-                             "means measured ms): %(choices)s")
+                             "architecture's latency measured end to end in a fresh process (default: a budget means "
+                             "measured ms) or predicted from the table: %(choices)s")
     search.add_argument("--max-train-images", type=positive_int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=SearchSettings.seed)
     search.add_argument("--placement", default=SearchSettings.placement, choices=PLACEMENTS, metavar="PLACEMENT",

@@ -70,12 +70,13 @@ class SearchSettings:
         gmacs_lambda: lambda of eq. 4.8, relative to the initial GMACs; or
         gmacs_budget: a target in GMACs per image; or
         latency_lambda: lambda of eq. 4.8 on the predicted latency, relative to the initial one; or
-        latency_budget_ms: a target predicted latency in milliseconds per image, on the device
-            the search runs on (at most one of the four; the latency ones measure, or read from
+        latency_budget_ms: a target latency in milliseconds per image, on the device the search
+            runs on (at most one of the four; the latency ones measure, or read from
             the cache, a latency table of that device: :class:`~strategies.LatencyConstraint`).
         latency_anchor: what the predicted latency is calibrated to at the start and after every
-            epoch: the derived architecture's ``"predicted"`` latency or its ``"measured"`` one (a
-            budget then means measured milliseconds): :data:`~strategies.constraint.ANCHORS`.
+            epoch: the derived architecture's ``"measured"`` latency (default; in a fresh process,
+            so a budget means measured milliseconds) or its ``"predicted"`` one, from the table:
+            :data:`~strategies.constraint.ANCHORS`.
         max_train_images: use only the first N training images.
         seed: seed of the initialization, the data order and the validation split.
         placement: converted models: DynOPool ``after`` a strided conv (eq. 5.2) or ``before`` it.
@@ -99,7 +100,7 @@ class SearchSettings:
     placement: Placement = "after"
     latency_lambda: float | None = None
     latency_budget_ms: float | None = None
-    latency_anchor: str = "predicted"
+    latency_anchor: str = "measured"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output", Path(self.output))
