@@ -11,7 +11,8 @@ layer itself lives in :mod:`dynopool_nas`, which does not import NNI.
 from dynopool_nas._lazy import lazy_exports
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "constraint": ("GMACsConstraint", "LatencyConstraint", "supernet_cost", "supernet_gates", "supernet_latency_cost"),
+    "constraint": ("GMACsConstraint", "LatencyAnchor", "LatencyConstraint", "supernet_cost", "supernet_gates",
+                   "supernet_latency_cost"),
     "darts": ("DynOPoolDARTS", "DynOPoolGumbelDARTS"),
     "export": ("export_architecture", "save_search"),
     "supernet": ("DynOPoolSupernet", "scale_label"),
