@@ -20,7 +20,7 @@ points between them: the affine fit, the monotone fit (the model's) and bilinear
 of log latency; how many units each makes non-monotone (a bigger map predicted faster).
 
     python experiments/latency_validation.py                    # the results page, ~3 minutes on 1 thread
-    python experiments/latency_validation.py --budget-search    # and two budget searches, ~13 minutes
+    python experiments/latency_validation.py --budget-search    # and four budget searches, ~30 minutes
     python experiments/latency_validation.py --held-out         # the fit comparison, printed
     python experiments/latency_validation.py --budget-only --passes 3   # the budget searches alone, printed
 
@@ -76,7 +76,8 @@ def draw_architecture(space_name: str, rng: random.Random, scale_range: tuple[fl
 
 
 BUDGET_TEXT = (
-    "Each space searched as a user searches it: `dynopool-nas search --space S --latency-budget-ms B --latency-"
+    "Each space searched {budget_repeats} times (`--seed` 0, 1, ...) as a user searches it: `dynopool-nas search "
+    "--space S --latency-budget-ms B --latency-"
     "anchor measured --epochs {search_epochs} --max-train-images {search_images} --image-size 32` (DARTS, bundled "
     "digits), in a fresh process at {threads} thread(s). `--latency-anchor measured` (the default) calibrates the "
     "search's predicted latency, at the start and after every epoch, to the table's prediction of the architecture "
@@ -89,9 +90,10 @@ BUDGET_TEXT = (
     "latency table is built from empty by that step (every block of the supernet timed whole in every combination "
     "of its choices, on the search grid 0.5-2.83) and read by the search from its cache file. The derived "
     "architecture is rebuilt from `arch.json` and measured alone in fresh processes like the architectures above "
-    "(the median of the passes); the target is to end within 10% of the budget. 'Derived model predicted' is the "
-    "derived architecture's own latency model in the search's table, uncalibrated (what `compare` predicts), its "
-    "missing grid points measured in this process (which has built tables: it can read slow)."
+    "(the median of the passes); the target is to end within 10% of the budget. 'Measurement noise' is the passes' "
+    "range relative to their median. 'Derived model predicted' is the derived architecture's own latency model in "
+    "the search's table, uncalibrated (what `compare` predicts), its missing grid points measured in this process "
+    "(which has built tables: it can read slow)."
 )
 
 
@@ -240,47 +242,52 @@ def _search_table(args: argparse.Namespace, cache: Path) -> LatencyTable:
 
 
 def budget_search(args: argparse.Namespace, scratch: Path) -> list[str]:
-    """A latency-budget search per space, run as a user runs it (``dynopool-nas search
-    --latency-budget-ms B --latency-anchor measured``, in a fresh process), its table built from
-    empty (the supernet's: every block in every combination of its choices on the grid), and the
-    derived architecture measured in fresh processes against the budget."""
-    lines = ["| space | reachable at the start (ms) | budget (ms) | held by the search (ms) | "
-             "derived model predicted (ms) | measured (ms) | measured / budget | supernet table | search | "
-             "out-of-reach warning |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """Latency-budget searches, ``--budget-repeats`` per space (seeds 0, 1, ...), run as a user runs
+    them (``dynopool-nas search --latency-budget-ms B --latency-anchor measured``, in a fresh
+    process), the space's table built from empty by the first (the supernet's: every block in every
+    combination of its choices on the grid), and each derived architecture measured in fresh
+    processes against the budget."""
+    lines = ["| space | seed | reachable at the start (ms) | budget (ms) | held by the search (ms) | "
+             "derived model predicted (ms) | measured (ms) | measurement noise | measured / budget | supernet table | "
+             "search | out-of-reach warning |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    within = 0
     for space_name in args.budget_spaces:
         cache = scratch / f"{space_name}-cache"
         search_table = _search_table(args, cache)
         budget, lowest, highest = reachable_budget(space_name, search_table, args.budget_position)
         built = f"{search_table.measured} points, {search_table.seconds:.0f} s"
-        output = scratch / f"{space_name}-search"
-        command = [sys.executable, "-m", "strategies.commands.cli", "search", "--space", space_name,
-                   "--dataset", "digits", "--epochs", str(args.search_epochs), "--output", str(output),
-                   "--image-size", str(INPUT_SIZE[1]), "--max-train-images", str(args.search_images),
-                   "--latency-budget-ms", repr(budget), "--latency-anchor", "measured"]
-        environment = os.environ | {"XDG_CACHE_HOME": str(cache), "OMP_NUM_THREADS": str(args.threads)}
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, check=False)
-        took = time.perf_counter() - started
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
-        print(*(line for line in done.stderr.splitlines() if "Warning: " in line), sep="\n", flush=True)
-        warned = (line for line in done.stderr.splitlines() if "out of reach" in line)
-        reach = next((line.split("Warning: ", 1)[-1] for line in warned), "")
-        path = output / "arch.json"
-        arch = load_architecture(path)
-        held = arch["metrics"].get("latency_ms", float("nan"))
-        model = build_model(make_space(space_name, 10, INPUT_SIZE[0]), arch).eval()
-        predicted = float(LatencyCost.from_model(model, INPUT_SIZE, _search_table(args, cache))().detach())
-        measured = statistics.median(measured_elsewhere(args, {"derived": model})["derived"]
-                                     for _ in range(args.passes))
-        ratio = measured / budget
-        verdict = "within" if abs(ratio - 1) <= 0.1 else "not within"
-        lines.append(f"| {space_name} | {lowest:.3f} to {highest:.3f} | {budget:.3f} | {held:.3f} | "
-                     f"{predicted:.3f} | {measured:.3f} | {ratio:.3f} ({verdict} 10%) | "
-                     f"{built} | {took:.0f} s | {reach or 'no'} |")
-        print(lines[-1], flush=True)
-    return lines
+        for seed in range(args.budget_repeats):
+            output = scratch / f"{space_name}-search-{seed}"
+            command = [sys.executable, "-m", "strategies.commands.cli", "search", "--space", space_name,
+                       "--dataset", "digits", "--epochs", str(args.search_epochs), "--output", str(output),
+                       "--image-size", str(INPUT_SIZE[1]), "--max-train-images", str(args.search_images),
+                       "--seed", str(seed), "--latency-budget-ms", repr(budget), "--latency-anchor", "measured"]
+            environment = os.environ | {"XDG_CACHE_HOME": str(cache), "OMP_NUM_THREADS": str(args.threads)}
+            started = time.perf_counter()
+            done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, check=False)
+            took = time.perf_counter() - started
+            if done.returncode:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+            print(*(line for line in done.stderr.splitlines() if "Warning: " in line), sep="\n", flush=True)
+            warned = (line for line in done.stderr.splitlines() if "out of reach" in line)
+            reach = next((line.split("Warning: ", 1)[-1] for line in warned), "")
+            arch = load_architecture(output / "arch.json")
+            held = arch["metrics"].get("latency_ms", float("nan"))
+            model = build_model(make_space(space_name, 10, INPUT_SIZE[0]), arch).eval()
+            predicted = float(LatencyCost.from_model(model, INPUT_SIZE, _search_table(args, cache))().detach())
+            passes = [measured_elsewhere(args, {"derived": model})["derived"] for _ in range(args.passes)]
+            measured = statistics.median(passes)
+            ratio = measured / budget
+            within += abs(ratio - 1) <= 0.1
+            verdict = "within" if abs(ratio - 1) <= 0.1 else "not within"
+            lines.append(f"| {space_name} | {seed} | {lowest:.3f} to {highest:.3f} | {budget:.3f} | {held:.3f} | "
+                         f"{predicted:.3f} | {measured:.3f} | {(max(passes) - min(passes)) / measured:.1%} | "
+                         f"{ratio:.3f} ({verdict} 10%) | {built if seed == 0 else 'cached'} | {took:.0f} s | "
+                         f"{reach or 'no'} |")
+            print(lines[-1], flush=True)
+    searches = len(args.budget_spaces) * args.budget_repeats
+    return [*lines, "", f"**{within} of {searches}** searches ended within 10% of their budget."]
 
 
 def held_out(args: argparse.Namespace, table: LatencyTable) -> None:
@@ -341,6 +348,8 @@ def main() -> None:
     parser.add_argument("--budget-position", type=float, default=0.2,
                         help="budget: this far (0..1, log scale) from the lowest to the highest latency the scales can "
                              "reach as a search starts")
+    parser.add_argument("--budget-repeats", type=int, default=2,
+                        help="latency-budget searches per space (seeds 0..N-1)")
     parser.add_argument("--search-epochs", type=int, default=3)
     parser.add_argument("--search-images", type=int, default=512)
     parser.add_argument("--cache", help="latency table file (default: a fresh one, so that its build is timed)")
