@@ -99,9 +99,10 @@ def add_commands(commands: Any) -> None:
                             help="target latency per image (ms, on this device; measures a latency table "
                                  "once, cached)")
     search.add_argument("--latency-anchor", default=SearchSettings.latency_anchor, choices=ANCHORS, metavar="ANCHOR",
-                        help="calibrate the predicted latency, at the start and after every epoch, to the derived "
-                             "architecture's latency measured end to end in a fresh process (default: a budget means "
-                             "measured ms) or predicted from the table: %(choices)s")
+                        help="what the predicted latency is calibrated to, at the start and after every epoch: "
+                             "'measured' (default) scales the table's prediction of the derived architecture by the "
+                             "starting architecture's latency measured end to end in fresh processes (a budget means "
+                             "measured ms); 'predicted' keeps the table's: %(choices)s")
     search.add_argument("--max-train-images", type=positive_int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=SearchSettings.seed)
     search.add_argument("--placement", default=SearchSettings.placement, choices=PLACEMENTS, metavar="PLACEMENT",

@@ -74,9 +74,10 @@ class SearchSettings:
             runs on (at most one of the four; the latency ones measure, or read from
             the cache, a latency table of that device: :class:`~strategies.LatencyConstraint`).
         latency_anchor: what the predicted latency is calibrated to at the start and after every
-            epoch: the derived architecture's ``"measured"`` latency (default; in a fresh process,
-            so a budget means measured milliseconds) or its ``"predicted"`` one, from the table:
-            :data:`~strategies.constraint.ANCHORS`.
+            epoch (:class:`~strategies.LatencyAnchor`): ``"measured"`` (default), the table's
+            prediction of the derived architecture scaled to the starting architecture measured
+            in fresh processes (a budget means measured milliseconds), or ``"predicted"``, the
+            table's alone: :data:`~strategies.constraint.ANCHORS`.
         max_train_images: use only the first N training images.
         seed: seed of the initialization, the data order and the validation split.
         placement: converted models: DynOPool ``after`` a strided conv (eq. 5.2) or ``before`` it.
