@@ -11,12 +11,14 @@ Differences from NNI's strategies of the same name:
   :class:`~strategies.constraint.LatencyConstraint` adds the supernet's expected GMACs or
   predicted latency to the architecture loss (lambda, eq. 4.8), or holds it at a budget (after
   every epoch the latency is calibrated anew to the derived architecture and the budget projected
-  again);
+  again; when training ends a measured latency budget is checked on the architecture it ends with,
+  :meth:`~strategies.constraint.LatencyConstraint.settle`);
 * after every epoch the search reports to NNI ``'default'`` (top-1 of the supernet on the
   validation split), ``'gmacs'`` and ``'params'`` of the architecture derived at that moment,
   ``'expected_gmacs'``, under a latency constraint ``'latency_ms'`` (the derived architecture's
   predicted latency) and ``'expected_latency_ms'``, and every DynOPool's feature-map size
-  (``'<name>.h'``, ``'<name>.w'``); the last report is also the final result.
+  (``'<name>.h'``, ``'<name>.w'``); the last report (taken again after a settled budget) is also
+  the final result.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ class _DynOPoolSearchModule:
         return super().on_train_epoch_end()
 
     def on_fit_end(self) -> None:
+        if self.penalty is not None and self.penalty.settle(self.model, self.input_size) and self.history:
+            self.history[-1] = self.metrics()  # the architecture the search hands over
         # The wrapped evaluator would report its own (training-set) result; the search's is this.
         if self.history and nni.get_current_parameter() is not None:
             nni.report_final_result(self.history[-1])

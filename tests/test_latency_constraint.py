@@ -269,6 +269,70 @@ def test_a_measured_anchor_is_measured_once_and_then_carried_by_the_tables_ratio
     assert moved == pytest.approx(anchor.ratio * predicted(supernet, INPUT), rel=1e-9)
 
 
+def test_settle_measures_the_architecture_it_ends_with_until_one_lies_near_the_budget(monkeypatch):
+    # a device that runs every model `slowdown` times its table prediction, known only by measuring
+    table = LatencyTable(**QUICK)
+    slowdown = {"factor": 1.0}
+    calls = []
+
+    def measured(model, input_size, **options):
+        calls.append(options.get("fresh_process"))
+        with torch.no_grad():
+            return slowdown["factor"] * float(LatencyCost.from_model(model, input_size, table,
+                                                                     scales=SEARCH_SCALES)())
+
+    monkeypatch.setattr("strategies.constraint.measure_model", measured)
+    supernet = DynOPoolDARTS(input_size=INPUT).mutate_model(_BlockSpace())
+    constraint = LatencyConstraint(budget_ms=1.0, table=table)
+    constraint.bind(constraint.supernet_cost(supernet, INPUT))
+    lowest, highest = constraint.reach()
+    assert highest > 1.15 * lowest
+    constraint.budget = math.sqrt(lowest * highest)
+    slower = (highest / lowest) ** 0.25  # more than SETTLE_TOLERANCE, and the budget stays within reach
+    constraint.project()
+    assert calls == [True] * 3  # the start: three fresh processes
+
+    @torch.no_grad()
+    def derived_on_the_device():
+        return slowdown["factor"] * float(LatencyCost.from_model(derived_model(supernet), INPUT, table,
+                                                                 scales=SEARCH_SCALES)())
+
+    assert constraint.settle(supernet, INPUT)  # the device as measured at the start: one measurement suffices
+    assert calls == [True] * 6
+    assert derived_on_the_device() == pytest.approx(constraint.budget, rel=0.05)
+    slowdown["factor"] = slower  # the device turns out slower than its anchor said: measured twice, then held
+    assert constraint.settle(supernet, INPUT)
+    assert calls == [True] * 12
+    assert derived_on_the_device() == pytest.approx(constraint.budget, rel=0.05)
+    assert constraint._anchor.ratio == pytest.approx(slower, rel=1e-6)
+    # nothing to settle under a lambda, a predicted anchor or GMACs
+    assert not LatencyConstraint(lam=0.1, table=table).settle(supernet, INPUT)
+    assert not LatencyConstraint(budget_ms=1.0, table=table, anchor="predicted").settle(supernet, INPUT)
+    assert not GMACsConstraint(budget=0.1).settle(supernet, INPUT)
+    assert len(calls) == 12
+
+
+def test_a_measured_latency_budget_search_hands_over_the_architecture_it_measured_last():
+    table = LatencyTable(**QUICK)
+    probe = LatencyConstraint(budget_ms=1.0, table=table)  # where a budget in measured ms can lie
+    supernet = DynOPoolDARTS(input_size=INPUT).mutate_model(ConvertedSpace("small_cnn", num_classes=10, in_chans=1))
+    lowest, highest = probe.bind(probe.supernet_cost(supernet, INPUT)).reach()
+    constraint = LatencyConstraint(budget_ms=math.sqrt(lowest * highest), table=table)
+    strategy = _search(constraint, epochs=1)
+    final = strategy.oneshot_module.history[-1]
+    anchor = constraint._anchor
+    assert anchor.measured_ms is not None
+    arch = export_architecture(strategy)
+    assert arch["metrics"]["latency_ms"] == final["latency_ms"]
+    assert final["latency_ms"] == pytest.approx(constraint.budget, rel=0.05)  # held after the last measurement
+    model = build_model(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), arch)
+    with torch.no_grad():  # priced from the ratio measured last, on the architecture handed over or one step away
+        predicted = float(LatencyCost.from_model(model, INPUT, table, scales=SEARCH_SCALES)())
+    assert anchor.ratio * predicted == pytest.approx(final["latency_ms"], rel=0.1)
+    again = measure_model(model, INPUT, threads=1, fresh_process=True)
+    assert again == pytest.approx(constraint.budget, rel=0.5)  # tiny models on a shared machine: loose
+
+
 def test_a_space_that_cannot_be_sent_to_a_fresh_process_is_measured_here_with_a_warning():
     class LocalSpace(_BlockSpace):  # defined in a function, as in a notebook: no other process can import it
         pass
