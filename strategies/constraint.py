@@ -517,6 +517,17 @@ GMACS = Metric("GMACs", "GMACs", "expected_gmacs", "initial_gmacs")
 LATENCY = Metric("latency", "ms", "expected_latency_ms", "initial_ms")
 
 
+REACH_TOLERANCE = 0.05
+"""How far (relative) the cost of a projected architecture may lie from its budget before the
+budget counts as out of the scales' reach (the sizes are whole numbers: they cannot meet it
+exactly)."""
+
+BUDGET_PRESSURE = 1.0
+"""Weight of the cost, relative to the budget, in the architecture loss while a budget lies below
+what the scales can reach (:class:`CostConstraint`): ``lam`` of a relative constraint at the upper
+end of its useful range."""
+
+
 class CostConstraint:
     """A hardware-aware constraint of a search on a differentiable cost of the model (the base of
     :class:`GMACsConstraint` and :class:`LatencyConstraint`, which set :attr:`metric` and
@@ -537,7 +548,11 @@ class CostConstraint:
       size the rounding allows). Gradient steps still decide how resolution is spread over the
       layers and axes; the projection holds the total, so no trade-off weight needs tuning. A
       budget the scales cannot reach is held at the nearest end of the reachable range, with
-      one warning that names the range (see :meth:`project`).
+      one warning that names the range (see :meth:`project`). While it lies below that range
+      (every map at its smallest is still too costly, as when the choices grow towards larger
+      operations), the cost is also added to the architecture loss, ``BUDGET_PRESSURE * cost /
+      budget``, so that the choices move towards cheaper operations until the scales can hold
+      the budget again.
     """
 
     CHECK_EVERY = 100
@@ -557,6 +572,7 @@ class CostConstraint:
         self.cost: Any = None
         self._warned = False
         self._calls = 0
+        self._short: Tensor | None = None  # 1.0 while the last projection could not bring the cost down to the budget
 
     def supernet_cost(self, model: nn.Module, input_size: tuple[int, int, int]) -> Any:
         """The expected cost of a one-shot supernet, the one :meth:`bind` takes in a search."""
@@ -589,8 +605,10 @@ class CostConstraint:
             raise RuntimeError(f"{type(self).__name__}.bind(cost) must be called before the search starts")
         value = self.cost()
         logged = {self.metric.log_key: value.detach()}
-        if self.lam is None:
-            return loss, logged
+        if self.lam is None:  # the scales hold the budget; the choices are priced where they cannot
+            if self._short is None:
+                return loss, logged
+            return loss + self._short * BUDGET_PRESSURE * value / self.budget, logged
         priced = value / getattr(self.cost, self.metric.initial) if self.relative else value
         return loss + self.lam * priced, logged
 
@@ -621,7 +639,8 @@ class CostConstraint:
         self._calls += 1
         if not self._warned and (check or (self._calls - 1) % self.CHECK_EVERY == 0):
             self._warn_if_out_of_reach(float(cost_at(closest)), float(cost_at(least)), float(cost_at(most)))
-        cost_at(closest)
+        reached = cost_at(closest)
+        self._short = (reached > self.budget * (1 + REACH_TOLERANCE)).to(reached.dtype)
 
     def _scaled_cost(self, low: Tensor, high: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor]:
         """``cost_at(log_factor)``, which sets every DynOPool's alpha to its current value times
@@ -659,7 +678,7 @@ class CostConstraint:
                 alpha.copy_(value)
 
     def _warn_if_out_of_reach(self, closest: float, least: float, most: float) -> None:
-        if abs(closest / self.budget - 1) <= 0.05:
+        if abs(closest / self.budget - 1) <= REACH_TOLERANCE:
             return
         self._warned = True
         unit = self.metric.unit

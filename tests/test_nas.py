@@ -18,6 +18,7 @@ from search_spaces.cells import DynOPoolCellSpace
 from search_spaces.converted import ConvertedSpace
 from search_spaces.efficientnet import EfficientNetSpace
 from strategies import DynOPoolDARTS, DynOPoolGumbelDARTS, GMACsConstraint
+from strategies.constraint import supernet_cost
 from strategies.export import export_architecture
 
 SIZE = 12
@@ -206,3 +207,26 @@ def test_a_search_at_a_huge_alpha_learning_rate_keeps_every_scale_in_range():
     _search(ConvertedSpace("small_cnn", num_classes=10, in_chans=1), strategy, train_images=128)
     alphas = strategy.oneshot_module.scale_parameters()
     assert all(torch.isfinite(alpha).all() and (alpha > 0).all() for alpha in alphas)
+
+
+def test_a_budget_below_what_the_scales_reach_prices_the_choices_towards_cheaper_operations():
+    supernet = DynOPoolDARTS(input_size=(1, 16, 16)).mutate_model(
+        DynOPoolCellSpace(widths=(4, 8), depths=(1, 2), num_stages=3))
+    width = dict(supernet.named_parameters())["stem.0._arch_alpha.width"]  # candidates 4 and 8 channels
+
+    def width_gradient(budget):
+        constraint = GMACsConstraint(budget=budget).bind(supernet_cost(supernet, (1, 16, 16)))
+        constraint.project()
+        width.grad = None
+        loss = torch.tensor(1.0, requires_grad=True)
+        priced, _ = constraint(loss)
+        priced.backward()
+        return float(priced), width.grad
+
+    lowest, highest = GMACsConstraint(budget=1.0).bind(supernet_cost(supernet, (1, 16, 16))).reach()
+    held, gradient = width_gradient(math.sqrt(lowest * highest))  # the scales hold it: the choices are free
+    assert held == 1.0 and (gradient is None or not gradient.any())
+    with pytest.warns(RuntimeWarning, match="out of reach"):
+        priced, gradient = width_gradient(0.5 * lowest)
+    assert priced > 1.0
+    assert gradient[1] > 0 > gradient[0]  # a descent step makes the wider stem less likely
