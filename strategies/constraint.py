@@ -437,13 +437,11 @@ class LatencyAnchor:
 
     The measurement (on the table's device, threads and mode; the median of
     :data:`ANCHOR_PROCESSES` fresh processes, as a model's latency differs from process to process
-    by a few percent) is made once, before training: measured while a search runs, even in a fresh
-    process, a model reads up to 20% slow (one EfficientNet search's epoch-end measurements: 12.3
-    to 13.7 ms; its final architecture, which the table priced 5% below the last of them, after the
-    search: 10.0 to 11.8 ms), and in the search's own process 8-15% slow. The table's ratio between
-    architectures carries the measurement from then on, until :meth:`remeasure` (a budget search
-    measures the architecture it ends with, once training has stopped:
-    :meth:`LatencyConstraint.settle`). A model that cannot be sent to a fresh process (a space
+    by a few percent) is made before training, not in the search's process (there a model reads
+    8-15% slow), and not while training runs (one EfficientNet search's epoch-end measurements read
+    up to 20% slow). The table's ratio between architectures carries the measurement from then on,
+    until :meth:`remeasure` (a budget search measures the architecture it ends with, once training
+    has stopped: :meth:`LatencyConstraint.settle`). A model that cannot be sent to a fresh process (a space
     defined in ``__main__`` or a notebook) is measured in this one, with a warning.
 
     Args:

@@ -102,7 +102,8 @@ def add_commands(commands: Any) -> None:
                         help="what the predicted latency is calibrated to, at the start and after every epoch: "
                              "'measured' (default) scales the table's prediction of the derived architecture by the "
                              "starting architecture's latency measured end to end in fresh processes (a budget means "
-                             "measured ms); 'predicted' keeps the table's: %(choices)s")
+                             "measured ms; a budget search measures the architecture it ends with again); "
+                             "'predicted' keeps the table's: %(choices)s")
     search.add_argument("--max-train-images", type=positive_int, help="use only the first N training images")
     search.add_argument("--seed", type=int, default=SearchSettings.seed)
     search.add_argument("--placement", default=SearchSettings.placement, choices=PLACEMENTS, metavar="PLACEMENT",

@@ -76,8 +76,9 @@ class SearchSettings:
         latency_anchor: what the predicted latency is calibrated to at the start and after every
             epoch (:class:`~strategies.LatencyAnchor`): ``"measured"`` (default), the table's
             prediction of the derived architecture scaled to the starting architecture measured
-            in fresh processes (a budget means measured milliseconds), or ``"predicted"``, the
-            table's alone: :data:`~strategies.constraint.ANCHORS`.
+            in fresh processes (a budget means measured milliseconds, and a budget search
+            measures the architecture it ends with again), or ``"predicted"``, the table's alone:
+            :data:`~strategies.constraint.ANCHORS`.
         max_train_images: use only the first N training images.
         seed: seed of the initialization, the data order and the validation split.
         placement: converted models: DynOPool ``after`` a strided conv (eq. 5.2) or ``before`` it.
