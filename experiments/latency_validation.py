@@ -20,7 +20,8 @@ points between them: the affine fit, the monotone fit (the model's) and bilinear
 of log latency; how many units each makes non-monotone (a bigger map predicted faster).
 
     python experiments/latency_validation.py                    # the results page, ~3 minutes on 1 thread
-    python experiments/latency_validation.py --budget-search    # and four budget searches, ~21 minutes
+    python experiments/latency_validation.py --budget-search    # and four budget searches, ~21-30 minutes
+    python experiments/latency_validation.py --budget-search --budget-repeats 4   # the page as committed, ~55 minutes
     python experiments/latency_validation.py --held-out         # the fit comparison, printed
     python experiments/latency_validation.py --budget-only --passes 3   # the budget searches alone, printed
 
